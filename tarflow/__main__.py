@@ -1,0 +1,157 @@
+"""Command line: python -m tarflow {sample,convert,prepare-data,info} ..."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def pick_device(name: str = "auto"):
+    import torch
+
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from tarflow.hub import load_model
+    from tarflow.images import grid, save_png
+    from tarflow.sampling import Samples, SampleSettings, sample_stream
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".npz"):
+        raise ValueError(f"--out must end in .png or .npz, got {out.name}")
+    model = load_model(args.model, device=pick_device(args.device))
+    settings = SampleSettings(
+        num=args.num, classes=args.classes, seed=args.seed, guidance=args.guidance, guide_what=args.guide_what,
+        attn_temp=args.attn_temp, annealed=args.annealed, temperature=args.temperature,
+        denoise=not args.no_denoise, sigma=args.sigma,
+    )
+    dtype = torch.bfloat16 if args.bf16 else None
+    steps = len(model.blocks) * (model.num_tokens - 1)
+    every = max(1, (model.num_tokens - 1) // 8)
+    result = None
+    with tqdm(total=steps, desc="sampling", unit="tok", disable=args.quiet) as bar:
+        done = 0
+        for item in sample_stream(model, settings, every=every, dtype=dtype):
+            if isinstance(item, Samples):
+                result = item
+            elif item.block is not None:
+                total = (item.stage - 1) * (model.num_tokens - 1) + item.tokens - 1
+                bar.update(total - done)
+                done = total
+    assert result is not None
+    images = result.uint8()
+    if out.suffix.lower() == ".npz":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out, images=images.numpy(), labels=result.labels.numpy())
+    else:
+        save_png(grid(images, nrow=args.nrow), out, scale=args.scale)
+    print(f"wrote {len(images)} samples to {out}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from tarflow.hub import convert
+
+    overrides = {k: v for k, v in [("in_channels", args.in_channels), ("patch_size", args.patch_size),
+                                   ("noise_std", args.noise_std)] if v is not None}
+    out = convert(args.src, args.out, **overrides)
+    print(f"converted {args.src} -> {out}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from tarflow.hub import load_model
+
+    model = load_model(args.model)
+    n = sum(p.numel() for p in model.parameters())
+    for k, v in model.config.items():
+        print(f"{k:18s} {v}")
+    print(f"{'parameters':18s} {n:,}")
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> None:
+    from tarflow.data import prepare
+
+    path = prepare(args.name, out_dir=args.out, source=args.source, image_size=args.size, channels=args.channels)
+    print(f"wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tarflow", description="TarFlow: sample, convert, prepare data.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sample", help="draw samples to a PNG grid or an .npz")
+    s.add_argument("--model", required=True, help="model folder, Hub id, or reference .pth")
+    s.add_argument("--class", dest="classes", nargs="+", default=None,
+                   help="class names or indices, cycled over the images (default: none)")
+    s.add_argument("--num", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's recommended)")
+    s.add_argument("--guide-what", default="ab", choices=["ab", "a", "b"])
+    s.add_argument("--attn-temp", type=float, default=None, help="attention temperature of the weak guidance pass")
+    s.add_argument("--annealed", action="store_true", help="grow the guidance weight over each block")
+    s.add_argument("--temperature", type=float, default=1.0, help="prior temperature")
+    s.add_argument("--sigma", type=float, default=None, help="denoising noise level (default: training noise)")
+    s.add_argument("--no-denoise", action="store_true")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--bf16", action="store_true", help="sample in bfloat16")
+    s.add_argument("--nrow", type=int, default=None)
+    s.add_argument("--scale", type=int, default=1, help="enlarge the PNG grid by this factor")
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--out", required=True, help="output .png (grid) or .npz (images, labels)")
+    s.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser("convert", help="reference .pth -> our format (config.json + model.safetensors)")
+    c.add_argument("src")
+    c.add_argument("out")
+    c.add_argument("--in-channels", type=int)
+    c.add_argument("--patch-size", type=int)
+    c.add_argument("--noise-std", type=float)
+    c.set_defaults(func=cmd_convert)
+
+    i = sub.add_parser("info", help="print a model's configuration")
+    i.add_argument("model")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("prepare-data", help="build the cached array file of a dataset")
+    d.add_argument("name", help="mnist, fashion-mnist, emoji, or a folder with one sub-folder per class")
+    d.add_argument("--out", default="data")
+    d.add_argument("--source", default=None, help="where the raw source lies (default: the usual places)")
+    d.add_argument("--size", type=int, default=None, help="image size for folder datasets")
+    d.add_argument("--channels", type=int, default=None, choices=[1, 3])
+    d.set_defaults(func=cmd_prepare_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tarflow.hub import ModelLoadError
+
+    expected: tuple[type[Exception], ...] = (ModelLoadError, ValueError, FileNotFoundError, FloatingPointError)
+    try:
+        from tarflow.data import DataSourceError
+
+        expected += (DataSourceError,)
+    except ImportError:
+        pass
+    try:
+        args.func(args)
+    except expected as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The fast sampler against the plain oracle, streaming, thread safety, denoising, the friendly API."""
+
+import threading
+
+import pytest
+import torch
+from helpers import images, make_model
+from oracle import oracle_reverse
+
+from tarflow import Guidance, SampleSettings, denoise, reverse_stream, sample, sample_stream
+from tarflow.sampling import Samples, prior_noise, resolve_labels, to_uint8
+
+GUIDANCE_CASES = [
+    dict(),
+    dict(guidance=1.5),
+    dict(guidance=1.5, guide_what="a"),
+    dict(guidance=1.5, guide_what="b"),
+    dict(guidance=2.0, annealed_guidance=True),
+    dict(guidance=1.0, attn_temp=0.5),
+    dict(guidance=0.7, attn_temp=1.5, guide_what="b", annealed_guidance=True),
+]
+
+
+def _noise(model, n=5, seed=3):
+    return torch.randn(n, model.num_tokens, model.token_dim, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kw", GUIDANCE_CASES)
+@pytest.mark.parametrize("nvp", [True, False])
+def test_fast_sampler_equals_oracle_conditional(kw, nvp):
+    model = make_model(nvp=nvp, num_classes=3, num_blocks=3)
+    z = _noise(model)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    want = oracle_reverse(model, z, y, kw.get("guidance", 0.0), kw.get("guide_what", "ab"),
+                          kw.get("attn_temp", 1.0), kw.get("annealed_guidance", False))
+    got = model.reverse(z, y, **kw)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(guidance=1.0, attn_temp=0.5), dict(guidance=2.0, attn_temp=1.5)])
+def test_fast_sampler_equals_oracle_unconditional(kw):
+    model = make_model(num_classes=0, num_blocks=2, in_channels=3, patch_size=4)
+    z = _noise(model, n=2)
+    want = oracle_reverse(model, z, None, kw.get("guidance", 0.0), "ab", kw.get("attn_temp", 1.0))
+    torch.testing.assert_close(model.reverse(z, None, **kw), want, atol=1e-5, rtol=1e-5)
+
+
+def test_guidance_actually_changes_samples():
+    model = make_model(num_classes=3)
+    z = _noise(model)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    assert not torch.allclose(model.reverse(z, y), model.reverse(z, y, guidance=1.0), atol=1e-3)
+    assert not torch.allclose(model.reverse(z, y, guidance=1.0, attn_temp=0.5),
+                              model.reverse(z, y, guidance=1.0), atol=1e-3)
+
+
+def test_guidance_zero_equals_unguided_and_input_is_untouched():
+    model = make_model(num_classes=3)
+    z = _noise(model)
+    z_copy = z.clone()
+    y = torch.tensor([2, 1, 0, 0, 1])
+    plain = model.reverse(z, y)
+    for g in [Guidance(0.0), Guidance(0.0, "a", 0.3, True), Guidance(1.0, what="")]:
+        torch.testing.assert_close(list(reverse_stream(model, z, y, g))[-1].latent, plain, atol=0, rtol=0)
+    assert torch.equal(z, z_copy)
+
+
+def test_concurrent_sampling_matches_sequential():
+    model = make_model(num_classes=3, num_blocks=3)
+    jobs = [(_noise(model, 4, seed=s), torch.tensor([s % 3] * 4), Guidance(0.5 * s, attn_temp=1 + 0.1 * s))
+            for s in range(4)]
+    sequential = [model.reverse(z, y, g.scale, g.what, g.attn_temp) for z, y, g in jobs]
+    results = [None] * len(jobs)
+    start = threading.Barrier(len(jobs))
+
+    def work(i):
+        z, y, g = jobs[i]
+        start.wait()
+        for _ in range(3):
+            out = model.reverse(z, y, g.scale, g.what, g.attn_temp)
+        results[i] = out
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, sequential):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_streaming_frames_per_block_and_within_blocks():
+    model = make_model(num_classes=3, num_blocks=3)  # 16 tokens per block
+    z = _noise(model, 2)
+    y = torch.tensor([0, 1])
+    frames = list(reverse_stream(model, z, y, Guidance(1.0), every=4))
+    # prior sample, then 15 steps per block in chunks of 4 -> 4 frames per block
+    assert len(frames) == 1 + 3 * 4
+    assert [f.stage for f in frames] == [0] + [1] * 4 + [2] * 4 + [3] * 4
+    assert [f.block for f in frames[1:5]] == [2] * 4  # blocks are inverted last to first
+    assert [f.tokens for f in frames[1:5]] == [5, 9, 13, 16]
+    assert sum(f.block_done for f in frames) == 4
+    torch.testing.assert_close(frames[0].latent, model.unpatchify(z))
+    torch.testing.assert_close(frames[-1].latent, model.reverse(z, y, guidance=1.0), atol=0, rtol=0)
+    # inside a block, tokens not yet generated still hold the previous stage's values
+    prev, mid = model.patchify(frames[0].latent), model.patchify(frames[1].latent)
+    block = model.blocks[2]
+    assert torch.equal(block.permute(mid)[:, 5:], block.permute(prev)[:, 5:])
+    assert not torch.equal(block.permute(mid)[:, 1:5], block.permute(prev)[:, 1:5])
+    # every block's final frame equals the image after inverting that many blocks
+    per_block = [f.latent for f in reverse_stream(model, z, y, Guidance(1.0))]
+    assert len(per_block) == 4
+    torch.testing.assert_close(torch.stack([f.latent for f in frames if f.block_done]), torch.stack(per_block),
+                               atol=0, rtol=0)
+
+
+def test_streaming_does_not_leak_inference_mode():
+    model = make_model()
+    for _ in reverse_stream(model, _noise(model, 1), every=3):
+        assert not torch.is_inference_mode_enabled()
+        assert torch.is_grad_enabled()
+
+
+def test_sampler_errors_are_clear():
+    model = make_model(num_classes=3)
+    with pytest.raises(ValueError, match="latent of shape"):
+        model.reverse(torch.zeros(1, 5, 4))
+    with pytest.raises(ValueError, match="labels for"):
+        model.reverse(_noise(model, 2), torch.tensor([0]))
+    with pytest.raises(ValueError, match="below 3"):
+        model.reverse(_noise(model, 1), torch.tensor([3]))
+    with pytest.raises(ValueError, match="guide_what"):
+        Guidance(1.0, what="c")
+
+
+def test_denoise_identity_flow_is_analytic():
+    model = make_model(num_classes=2)
+    for block in model.blocks:  # proj_out zero: every block is the identity, z = x
+        torch.nn.init.zeros_(block.proj_out.weight)
+        torch.nn.init.zeros_(block.proj_out.bias)
+    x = images(model, n=3)
+    torch.testing.assert_close(denoise(model, x, sigma=0.3), x * (1 - 0.3**2))
+
+
+def test_denoise_is_per_image_and_matches_reference_formula():
+    model = make_model(num_classes=3, dtype=torch.float64)
+    x = images(model, n=4)
+    y = torch.tensor([0, 1, 2, 1])
+    sigma = 0.2
+    batch = denoise(model, x, y, sigma)
+    for i in range(4):
+        torch.testing.assert_close(denoise(model, x[i : i + 1], y[i : i + 1], sigma)[0], batch[i])
+    # the reference step: x - (B * N * sigma^2) * grad of the per-dimension mean loss (VP prior var = 1 here)
+    xr = x.clone().requires_grad_(True)
+    z, _, logdets = model(xr, y)
+    (grad,) = torch.autograd.grad(model.get_loss(z, logdets), [xr])
+    torch.testing.assert_close(batch, x - x.numel() * sigma**2 * grad)
+    assert not torch.allclose(batch, x)
+
+
+def test_denoise_defaults_to_training_noise():
+    model = make_model()
+    model.noise_std = 0.15
+    x = images(model)
+    torch.testing.assert_close(denoise(model, x), denoise(model, x, sigma=0.15))
+    torch.testing.assert_close(denoise(model, x, sigma=0.0), x)
+
+
+def test_sample_is_reproducible_and_labels_follow_classes():
+    model = make_model(num_classes=3)
+    model.class_names = ["cat", "dog", "fox"]
+    s = SampleSettings(num=5, classes=["dog", 2], seed=7, guidance=1.0, sigma=0.1)
+    a, b = sample(model, s), sample(model, s)
+    assert isinstance(a, Samples)
+    assert torch.equal(a.images, b.images)
+    assert a.labels.tolist() == [1, 2, 1, 2, 1]
+    want = model.reverse(prior_noise(model, 5, 7), a.labels, guidance=1.0)
+    torch.testing.assert_close(a.raw, want, atol=0, rtol=0)
+    torch.testing.assert_close(a.images, denoise(model, want, a.labels, 0.1))
+    c = sample(model, SampleSettings(num=5, classes=["dog", 2], seed=8, guidance=1.0))
+    assert not torch.equal(a.raw, c.raw)
+    u8 = a.uint8()
+    assert u8.dtype == torch.uint8 and u8.shape == (5, 8, 8, 1)
+
+
+def test_sample_uses_recommended_settings():
+    model = make_model(num_classes=3)
+    model.sampling = {"guidance": 1.5, "attn_temp": 1.0}
+    rec = sample(model, SampleSettings(num=2, classes=0, denoise=False))
+    explicit = sample(model, SampleSettings(num=2, classes=0, guidance=1.5, denoise=False))
+    torch.testing.assert_close(rec.images, explicit.images, atol=0, rtol=0)
+    assert torch.equal(rec.images, rec.raw)
+
+
+def test_sample_stream_ends_with_samples_and_reports_overflow():
+    model = make_model(num_classes=3)
+    out = list(sample_stream(model, SampleSettings(num=2, classes=1), every=5))
+    assert isinstance(out[-1], Samples) and len(out) == 1 + 2 * 3 + 1
+    with torch.no_grad():
+        for block in model.blocks:
+            block.proj_out.bias[: block.in_dim] = 30.0  # log-scales of 30 per block overflow float32
+    with pytest.raises(FloatingPointError, match="lower the guidance"):
+        sample(model, SampleSettings(num=1, classes=0, guidance=5.0))
+
+
+def test_label_resolution():
+    model = make_model(num_classes=3)
+    model.class_names = ["a", "b", "c"]
+    assert resolve_labels(model, None, 3).tolist() == [-1, -1, -1]
+    assert resolve_labels(model, [], 2).tolist() == [-1, -1]
+    assert resolve_labels(model, "c", 2).tolist() == [2, 2]
+    assert resolve_labels(model, ["1", "a"], 3).tolist() == [1, 0, 1]
+    with pytest.raises(ValueError, match="unknown class 'z'"):
+        resolve_labels(model, "z", 1)
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_labels(model, 3, 1)
+    with pytest.raises(ValueError, match="unconditional"):
+        resolve_labels(make_model(), 0, 1)
+
+
+def test_to_uint8_handles_range_and_non_finite():
+    x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0, float("nan")]).view(1, 1, 1, 6)
+    assert to_uint8(x).flatten().tolist() == [0, 0, 128, 255, 255, 0]
+
+
+def test_bf16_sampling_runs_close_to_fp32():
+    model = make_model(num_classes=3)
+    z = _noise(model, 2)
+    y = torch.tensor([0, 1])
+    full = model.reverse(z, y, guidance=1.0)
+    half = list(reverse_stream(model, z, y, Guidance(1.0), dtype=torch.bfloat16))[-1].latent
+    assert half.dtype == torch.float32
+    assert (half - full).abs().max() < 0.1
