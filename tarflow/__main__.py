@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -87,6 +88,23 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from tarflow.train import TrainConfig, train
+
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    parsed = {}
+    for k, v in overrides.items():
+        try:
+            parsed[k] = json.loads(v)
+        except json.JSONDecodeError:
+            parsed[k] = v
+    if args.out:
+        parsed["out"] = args.out
+    cfg = TrainConfig.from_file(args.config, **parsed) if args.config else TrainConfig.from_dict(parsed)
+    target = train(cfg, minutes=args.minutes, stop_after=args.stop_after, max_steps=args.max_steps, quiet=args.quiet)
+    print(f"model written to {target}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tarflow", description="TarFlow: sample, convert, prepare data.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -120,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--noise-std", type=float)
     c.set_defaults(func=cmd_convert)
 
+    t = sub.add_parser("train", help="train or resume a model (also under accelerate launch)")
+    t.add_argument("--config", help="a JSON config file (see configs/)")
+    t.add_argument("--out", help="run folder (default: the config's)")
+    t.add_argument("--minutes", type=float, help="fit the schedule to this budget when total_steps is unset")
+    t.add_argument("--stop-after", type=float, help="checkpoint and stop after this many minutes; rerun to resume")
+    t.add_argument("--max-steps", type=int, help="stop at this global step")
+    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
     i = sub.add_parser("info", help="print a model's configuration")
     i.add_argument("model")
     i.set_defaults(func=cmd_info)
@@ -128,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name", help="mnist, fashion-mnist, emoji, or a folder with one sub-folder per class")
     d.add_argument("--out", default="data")
     d.add_argument("--source", default=None, help="where the raw source lies (default: the usual places)")
-    d.add_argument("--size", type=int, default=None, help="image size for folder datasets")
+    d.add_argument("--size", type=int, default=None, help="image size (default: 32 for folders, native otherwise)")
     d.add_argument("--channels", type=int, default=None, choices=[1, 3])
     d.set_defaults(func=cmd_prepare_data)
     return p
@@ -136,15 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tarflow.data import DataSourceError
     from tarflow.hub import ModelLoadError
 
-    expected: tuple[type[Exception], ...] = (ModelLoadError, ValueError, FileNotFoundError, FloatingPointError)
-    try:
-        from tarflow.data import DataSourceError
-
-        expected += (DataSourceError,)
-    except ImportError:
-        pass
+    expected = (ModelLoadError, DataSourceError, ValueError, FileNotFoundError, FloatingPointError)
     try:
         args.func(args)
     except expected as e:

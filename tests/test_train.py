@@ -1,0 +1,133 @@
+"""Training: the schedule, deterministic batches, a step that learns, and exact resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from tarflow.hub import load_model
+from tarflow.train import TrainConfig, batch_indices, lr_at, make_batch, train
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """Two classes of 8x8 grey images (bright blobs left vs right) prepared as a cache."""
+    from tarflow.data import prepare
+
+    root = tmp_path_factory.mktemp("imgs") / "blobs"
+    rng = np.random.default_rng(0)
+    for cls, col in [("left", 2), ("right", 5)]:
+        (root / cls).mkdir(parents=True)
+        for i in range(12):
+            img = rng.integers(0, 40, (8, 8)).astype(np.uint8)
+            img[2:6, col - 1 : col + 2] = 220
+            Image.fromarray(img, "L").save(root / cls / f"{i}.png")
+    return prepare(str(root), out_dir=tmp_path_factory.mktemp("data"), image_size=8, channels=1)
+
+
+def tiny_config(npz, out, **kw):
+    base = dict(dataset=str(npz), patch_size=2, channels=32, num_blocks=2, layers_per_block=1, head_dim=16,
+                batch_size=8, lr=3e-3, warmup_steps=2, total_steps=8, eval_every=1000, log_every=2,
+                eval_images=8, out=str(out), ema_decay=0.9, threads=1)
+    return TrainConfig.from_dict({**base, **kw})
+
+
+def test_schedule_warms_up_then_follows_a_cosine():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-5, warmup_steps=10, total_steps=110)
+    assert lr_at(cfg, 0) == pytest.approx(1e-4)
+    assert lr_at(cfg, 9) == pytest.approx(1e-3)
+    assert lr_at(cfg, 60) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))
+    assert lr_at(cfg, 110) == pytest.approx(1e-5)
+    assert all(lr_at(cfg, s) >= lr_at(cfg, s + 1) for s in range(10, 120))
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    cfg = TrainConfig(batch_size=4, seed=3, noise_std=0.1, drop_label=0.5)
+    images = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.arange(10) % 3
+    a = make_batch(cfg, images, labels, 5, num_classes=3)
+    b = make_batch(cfg, images, labels, 5, num_classes=3)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], make_batch(cfg, images, labels, 6, num_classes=3)[0])
+    # an epoch (two steps of 4 out of 10 images) never repeats an image
+    seen = torch.cat([batch_indices(cfg, 10, s) for s in range(2)])
+    assert len(set(seen.tolist())) == 8
+    # two processes split the global batch without overlap
+    assert set(batch_indices(cfg, 10, 0, 0, 2).tolist()).isdisjoint(batch_indices(cfg, 10, 0, 1, 2).tolist())
+    # dropped labels are -1, the rest are the true labels
+    x, y = make_batch(cfg, images, labels, 0, num_classes=3)
+    idx = batch_indices(cfg, 10, 0)
+    assert torch.all((y == -1) | (y == labels[idx]))
+    assert x.min() > -1.6 and x.max() < 1.6
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch(tiny_dataset):
+    from tarflow.data import load
+    from tarflow.train import build_model
+
+    cfg = tiny_config(tiny_dataset, "unused", drop_label=0.0)
+    data = load(tiny_dataset)
+    images, labels = data.tensors("train")
+    torch.manual_seed(0)
+    model = build_model(cfg, 8, 1, data.class_names)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95))
+    x, y = make_batch(cfg, images, labels, 0, num_classes=2)
+
+    def loss():
+        z, _, logdets = model(x, y)
+        return model.get_loss(z, logdets)
+
+    before = loss().item()
+    for _ in range(5):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < before - 0.05
+
+
+def test_resume_continues_exactly(tiny_dataset, tmp_path):
+    straight = tiny_config(tiny_dataset, tmp_path / "a")
+    train(straight, quiet=True)
+    stopped = tiny_config(tiny_dataset, tmp_path / "b")
+    train(stopped, max_steps=3, quiet=True)
+    state = torch.load(tmp_path / "b" / "checkpoint" / "train_state.pt", weights_only=True)
+    assert state["step"] == 3
+    train(tiny_config(tiny_dataset, tmp_path / "b"), quiet=True)  # a new call: resumes at step 3
+    a = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ema_a = load_file(tmp_path / "a" / "model" / "model.safetensors")
+    ema_b = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    assert not torch.equal(ema_a["blocks.0.proj_out.weight"], a["blocks.0.proj_out.weight"])  # EMA differs
+
+
+def test_a_run_leaves_metrics_curves_samples_and_a_loadable_model(tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset, tmp_path / "run", eval_every=4, total_steps=8, guidance=1.5)
+    target = train(cfg, quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8]
+    evals = [r for r in rows if "eval_bpd" in r]
+    assert [r["step"] for r in evals] == [4, 8] and all(np.isfinite(r["eval_noisy_bpd"]) for r in evals)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step_0000004.png",
+                                                                                "step_0000008.png"]
+    model = load_model(target)
+    assert model.class_names == ["left", "right"] and model.sampling["guidance"] == 1.5
+    assert model.noise_std == pytest.approx(0.1) and model.img_size == 8
+
+
+def test_config_files_are_checked(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"datset": "mnist"}))
+    with pytest.raises(ValueError, match="unknown config keys: datset"):
+        TrainConfig.from_file(bad)
+    with pytest.raises(ValueError, match="noise must be"):
+        TrainConfig.from_dict({"noise": "pink"})
+    for path in sorted(__import__("pathlib").Path(__file__).parent.parent.glob("configs/*.json")):
+        TrainConfig.from_file(path)  # every shipped config parses
