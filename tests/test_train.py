@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from tarflow.__main__ import main
 from tarflow.hub import load_model
 from tarflow.train import TrainConfig, batch_indices, lr_at, make_batch, train
 
@@ -107,7 +108,7 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path):
     assert not torch.equal(ema_a["blocks.0.proj_out.weight"], a["blocks.0.proj_out.weight"])  # EMA differs
 
 
-def test_a_run_leaves_metrics_curves_samples_and_a_loadable_model(tiny_dataset, tmp_path):
+def test_a_run_leaves_metrics_curves_samples_and_a_loadable_model(tiny_dataset, tmp_path, capsys):
     cfg = tiny_config(tiny_dataset, tmp_path / "run", eval_every=4, total_steps=8, guidance=1.5)
     target = train(cfg, quiet=True)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -120,6 +121,12 @@ def test_a_run_leaves_metrics_curves_samples_and_a_loadable_model(tiny_dataset, 
     model = load_model(target)
     assert model.class_names == ["left", "right"] and model.sampling["guidance"] == 1.5
     assert model.noise_std == pytest.approx(0.1) and model.img_size == 8
+    # the eval command on the exported model: the same numbers as the run's own last evaluation
+    assert main(["eval", "--model", str(target), "--images", "8", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    bpd = float(out.split("uniform dequantization): ")[1].split()[0])
+    assert bpd == pytest.approx(evals[-1]["eval_bpd"], abs=1e-3)
+    assert "training noise (sigma 0.1)" in out
 
 
 def test_config_files_are_checked(tmp_path):
