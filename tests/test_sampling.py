@@ -25,24 +25,38 @@ def _noise(model, n=5, seed=3):
     return torch.randn(n, model.num_tokens, model.token_dim, generator=torch.Generator().manual_seed(seed))
 
 
+# In float64 the fast sampler and the oracle agree to rounding: a re-ordered sum shows up near
+# 1e-15, a wrong formula far above the tolerance.
+F64 = dict(atol=1e-11, rtol=1e-11)
+
+
 @pytest.mark.parametrize("kw", GUIDANCE_CASES)
 @pytest.mark.parametrize("nvp", [True, False])
 def test_fast_sampler_equals_oracle_conditional(kw, nvp):
-    model = make_model(nvp=nvp, num_classes=3, num_blocks=3)
-    z = _noise(model)
+    model = make_model(nvp=nvp, num_classes=3, num_blocks=3, dtype=torch.float64)
+    z = _noise(model).double()
     y = torch.tensor([0, 1, 2, 0, 1])
     want = oracle_reverse(model, z, y, kw.get("guidance", 0.0), kw.get("guide_what", "ab"),
                           kw.get("attn_temp", 1.0), kw.get("annealed_guidance", False))
     got = model.reverse(z, y, **kw)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, **F64)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(guidance=1.0, attn_temp=0.5), dict(guidance=2.0, attn_temp=1.5)])
 def test_fast_sampler_equals_oracle_unconditional(kw):
-    model = make_model(num_classes=0, num_blocks=2, in_channels=3, patch_size=4)
-    z = _noise(model, n=2)
+    model = make_model(num_classes=0, num_blocks=2, in_channels=3, patch_size=4, dtype=torch.float64)
+    z = _noise(model, n=2).double()
     want = oracle_reverse(model, z, None, kw.get("guidance", 0.0), "ab", kw.get("attn_temp", 1.0))
-    torch.testing.assert_close(model.reverse(z, None, **kw), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.reverse(z, None, **kw), want, **F64)
+
+
+def test_fast_sampler_matches_oracle_in_float32():
+    model = make_model(num_classes=3, num_blocks=4)
+    z = _noise(model)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    want = oracle_reverse(model, z, y, 2.0, "ab", 1.0, False)
+    torch.testing.assert_close(model.reverse(z, y, guidance=2.0), want, atol=1e-4, rtol=1e-4)
 
 
 def test_guidance_actually_changes_samples():
@@ -230,4 +244,5 @@ def test_bf16_sampling_runs_close_to_fp32():
     full = model.reverse(z, y, guidance=1.0)
     half = list(reverse_stream(model, z, y, Guidance(1.0), dtype=torch.bfloat16))[-1].latent
     assert half.dtype == torch.float32
-    assert (half - full).abs().max() < 0.1
+    err = (half - full).abs()
+    assert err.mean() < 0.02 and err.max() < 0.3  # bf16 keeps about 3 significant digits
