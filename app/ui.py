@@ -1,0 +1,310 @@
+"""The page: layout and event wiring, declared in one place (``build_demo``).
+
+Public API endpoints (``gradio_client`` names): ``/model_info``, ``/generate`` (streams),
+``/inspect``, ``/invert``, ``/interpolate``. Helpers the page needs but the API does not
+(grid clicks, the sketchpad, invert-on-upload) are private.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from app import handlers as h
+from app.components import SafeImage
+from app.gpu import on_gpu
+from app.models import ModelLoadError, default_key, pick_device
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+EXAMPLES = ASSETS / "examples"
+LEARN = Path(__file__).resolve().parent / "learn.md"
+
+TITLE = "TarFlow · a Transformer normalizing flow"
+TAGLINE = ("A stack of causal Transformer blocks that turns Gaussian noise into images and images back "
+           "into noise, exactly: watch samples form token by token, invert your own pictures, and read "
+           "off exact likelihoods.")
+
+CSS = """
+.tf-header { padding: 6px 2px 0; }
+.tf-header h1 { margin: 0; font-size: 1.9rem; font-weight: 750; letter-spacing: -0.02em; }
+.tf-header h1 span { font-weight: 450; color: var(--body-text-color-subdued); font-size: 1.15rem; }
+.tf-header p { margin: 4px 0 0; color: var(--body-text-color-subdued); max-width: 62rem; }
+.tf-card { font-size: 0.88rem; }
+.tf-status { min-height: 2.2em; font-size: 0.95rem; }
+.tf-pixels img, .tf-pixels canvas { image-rendering: pixelated; }
+.tf-input img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+#tf-samples .image-frame, #tf-raw .image-frame { width: 100%; }
+#tf-samples img, #tf-raw img { width: 100%; height: auto; object-fit: contain; image-rendering: pixelated; }
+.tf-fig-title { margin: 6px 0 -6px 2px; font-weight: 600; font-size: 0.92rem; }
+.tf-fig-title p { margin: 0; }
+.tf-note { font-size: 0.85rem; color: var(--body-text-color-subdued); }
+.tf-footer { font-size: 0.8rem; color: var(--body-text-color-subdued); text-align: center; }
+#tf-generate { min-height: 48px; font-size: 1.05rem; }
+#tf-figure { position: sticky; top: 12px; align-self: flex-start; }
+"""
+
+
+def theme() -> gr.themes.Base:
+    # System fonts only: the app must look right offline (no web-font downloads).
+    return gr.themes.Soft(
+        primary_hue="violet",
+        secondary_hue="indigo",
+        neutral_hue="slate",
+        radius_size="md",
+        font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "sans-serif"],
+        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+    )
+
+
+def concurrency() -> int:
+    """Heavy requests run at once: one per two CPU cores (at least 2), 4 on a GPU."""
+    default = 4 if pick_device().type == "cuda" else max(2, (os.cpu_count() or 2) // 2)
+    return int(os.environ.get("TARFLOW_CONCURRENCY", default))
+
+
+def queue_size() -> int:
+    return int(os.environ.get("TARFLOW_QUEUE_SIZE", "12"))
+
+
+def _initial() -> dict[str, Any]:
+    """Control values for the default model, so the page opens ready (no round trip)."""
+    key = default_key()
+    start = {"key": key, "card": "", "classes": [], "class_choices": [], "guidance": 2.0, "kind": h.KIND_CLASS,
+             "attn": 1.0, "sigma": 0.1, "denoise": True, "num": 16, "conditional": True,
+             "condition_choices": [("Most likely class", h.AUTO), ("No label", h.NO_LABEL)],
+             "interp_choices": [("No label", h.NO_LABEL)], "noise": 0.0}
+    if key is None:
+        start["card"] = ("No local model found: put one in `checkpoints/<name>/` or set `TARFLOW_MODELS_DIR`, "
+                         "or pick a reference checkpoint above (downloaded on request).")
+        return start
+    try:
+        info = h.model_info(key, progress=None)
+    except (gr.Error, ModelLoadError) as e:
+        start["card"] = f"Could not load {key}: {e}"
+        return start
+    card, classes, guidance, kind, attn, sigma, denoise, num, condition, interp, _ = info
+    start.update(card=card, classes=classes["value"], class_choices=classes["choices"],
+                 conditional=classes["interactive"], guidance=guidance["value"], kind=kind["value"],
+                 attn=attn["value"], sigma=sigma["value"], denoise=denoise["value"], num=num["value"],
+                 condition_choices=condition["choices"], interp_choices=interp["choices"], noise=sigma["value"])
+    return start
+
+
+def _examples(*patterns: str) -> list[str]:
+    files: list[Path] = []
+    for p in patterns:
+        files += sorted(EXAMPLES.glob(p))
+    return [str(f) for f in files]
+
+
+def _figure(title: str, **kwargs: Any) -> gr.Image:
+    """An output picture under a small heading (Gradio's own label would sit on top of the picture)."""
+    gr.Markdown(title, elem_classes="tf-fig-title")
+    kwargs.setdefault("buttons", [])
+    return gr.Image(show_label=False, format="png", interactive=False, **kwargs)
+
+
+def _pairs() -> list[list[str]]:
+    """Interpolation examples: two images of one dataset each."""
+    wanted = [("mnist-3", "mnist-7"), ("fashion-sneaker", "fashion-ankle-boot"),
+              ("emoji-smileys-emotion", "emoji-animals-nature")]
+    return [[str(EXAMPLES / f"{a}.png"), str(EXAMPLES / f"{b}.png")] for a, b in wanted
+            if (EXAMPLES / f"{a}.png").is_file() and (EXAMPLES / f"{b}.png").is_file()]
+
+
+def _invert_if_image(model: str, image: str | None, condition: str, precision: str, add_noise: bool,
+                     progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
+    """Invert as soon as an image arrives; clearing the input changes nothing."""
+    if not image:
+        return (gr.skip(),) * 9
+    return h.invert(model, image, condition, precision, add_noise, progress)
+
+
+def build_demo() -> gr.Blocks:
+    s = _initial()
+    heavy = {"concurrency_id": "compute", "concurrency_limit": concurrency()}
+    with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
+        gr.HTML(f'<div class="tf-header"><h1>TarFlow <span>· Transformer autoregressive flow</span></h1>'
+                f"<p>{TAGLINE}</p></div>")
+        with gr.Row(equal_height=True):
+            model = gr.Dropdown(
+                h.model_choices(), value=s["key"], label="Model", allow_custom_value=True, scale=2,
+                info="bundled, a listed reference checkpoint (downloaded when picked), or type a folder / Hub id",
+            )
+            card = gr.Markdown(s["card"], elem_classes="tf-card")
+
+        with gr.Tabs():
+            # ---------------------------------------------------------------- Generate
+            with gr.Tab("Generate", id="generate"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        classes = gr.Dropdown(
+                            s["class_choices"], value=s["classes"], multiselect=True, allow_custom_value=True,
+                            label="Classes", interactive=s["conditional"],
+                            info="cycled over the images; none = no label",
+                        )
+                        num = gr.Slider(1, h.MAX_IMAGES, value=s["num"], step=1, label="Number of images")
+                        with gr.Row(equal_height=True):
+                            seed = gr.Number(0, label="Seed", precision=None, step=1, scale=3)
+                            dice = gr.Button("Random", scale=1, min_width=70, size="sm")
+                        guidance = gr.Slider(0, h.MAX_GUIDANCE, value=s["guidance"], step=0.1, label="Guidance scale w",
+                                             info="0 = plain sampling; 1-4 typical; too high overflows")
+                        with gr.Accordion("Guidance kind", open=False):
+                            kind = gr.Radio(h.GUIDANCE_KINDS, value=s["kind"], label="Guide against",
+                                            info="the weak prediction that w pushes away from")
+                            attn_temp = gr.Slider(0.1, 4, value=s["attn"], step=0.05, label="Attention temperature",
+                                                  info="of the weak pass, for attention-temperature guidance")
+                            annealed = gr.Checkbox(False, label="Annealed: w grows from 0 over each block")
+                            guide_what = gr.Radio(h.GUIDE_WHAT, value="ab", label="Guide which outputs")
+                        temperature = gr.Slider(0.1, 1.5, value=1.0, step=0.05, label="Prior temperature",
+                                                info="z ~ N(0, T²): lower = smoother, less varied")
+                        with gr.Row():
+                            denoise = gr.Checkbox(s["denoise"], label="Denoise (one score step)")
+                            slow = gr.Checkbox(False, label="Slow motion")
+                        sigma = gr.Slider(0, 0.5, value=s["sigma"], step=0.01, label="Noise level σ for denoising",
+                                          info="the model's training noise is the right value")
+                        run = gr.Button("Generate", variant="primary", elem_id="tf-generate")
+                    with gr.Column(scale=2, min_width=420):
+                        status = gr.Markdown("Press **Generate** to watch noise become images, block by block.",
+                                             elem_classes="tf-status", elem_id="tf-status")
+                        with gr.Row(equal_height=True):
+                            with gr.Column(min_width=200):
+                                samples = _figure("Samples · click one to inspect it", elem_classes="tf-pixels",
+                                                  elem_id="tf-samples", buttons=["fullscreen"],
+                                                  placeholder="Press **Generate**: noise becomes images here")
+                            with gr.Column(min_width=200, visible=s["denoise"]) as raw_col:
+                                raw = _figure("Before denoising (raw flow output)", elem_classes="tf-pixels",
+                                              elem_id="tf-raw", buttons=["fullscreen"],
+                                              placeholder="the flow's own output, before the score step")
+                        with gr.Row():
+                            pick = gr.Slider(1, s["num"], value=1, step=1, label="Inspect image #", scale=3)
+                            download = gr.DownloadButton("Download grid (PNG)", interactive=False, size="md",
+                                                         scale=1, min_width=160)
+                        strip = _figure("Its journey from noise to image, one flow block at a time",
+                                        elem_id="tf-strip", buttons=["download"],
+                                        placeholder="z, then the state after each inverted block, then x")
+                        heat = _figure("Where the bits go: likelihood heatmap", elem_id="tf-heatmap",
+                                       buttons=["download", "fullscreen"],
+                                       placeholder="each pixel's share of −log₂ p(x), in bits")
+                        heat_md = gr.Markdown(elem_classes="tf-note")
+                        run_id = gr.Textbox(visible=False, label="run id")
+
+            # ---------------------------------------------------------------- Invert
+            with gr.Tab("Invert", id="invert"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        with gr.Tabs():
+                            with gr.Tab("Upload"):
+                                image = SafeImage(label="Image", type="filepath", image_mode=None,
+                                                  sources=["upload", "clipboard"], elem_classes="tf-input",
+                                                  elem_id="tf-upload", height=260)
+                                gr.Examples(_examples("mnist-*.png", "fashion-*.png", "emoji-*.png"), inputs=image,
+                                            label="Examples (held-out dataset images)", examples_per_page=16)
+                            with gr.Tab("Draw"):
+                                gr.Markdown("Pick the **brush** beside the canvas, draw, then press "
+                                            "**Invert this drawing**.", elem_classes="tf-note")
+                                sketch = gr.Sketchpad(label="Drawing", show_label=False, type="numpy",
+                                                      image_mode="RGBA", canvas_size=(336, 336),
+                                                      fixed_canvas=True, layers=False, elem_id="tf-sketch",
+                                                      brush=gr.Brush(default_size=22, colors=["#111111"],
+                                                                     color_mode="fixed"))
+                                use_drawing = gr.Button("Invert this drawing")
+                        condition = gr.Dropdown(s["condition_choices"], value=h.AUTO if s["conditional"] else
+                                                h.NO_LABEL, label="Condition on", allow_custom_value=True,
+                                                info="the label y used by every block")
+                        add_noise = gr.Checkbox(s["noise"] > 0, interactive=s["noise"] > 0,
+                                                label=f"Add the training noise first (σ = {s['noise']:g})",
+                                                info="the flow maps noisy images to N(0, I); clean ones land near 0")
+                        precision = gr.Radio(h.PRECISIONS, value="float32", label="Precision")
+                        invert_btn = gr.Button("Invert", variant="primary")
+                    with gr.Column(scale=2, min_width=420):
+                        steps_img = _figure("1 · Fitted to the model's size and channels", elem_id="tf-fitted",
+                                            placeholder="Upload, draw or pick an example on the left")
+                        forward = _figure("2 · Pushed forward through each block, into noise", elem_id="tf-forward")
+                        with gr.Row(equal_height=True):
+                            with gr.Column(min_width=240):
+                                hist = _figure("3 · Is z Gaussian? Its values against N(0, 1)", elem_id="tf-hist")
+                            with gr.Column(min_width=240):
+                                posterior = _figure("Classify by likelihood: p(class | x)", elem_id="tf-posterior")
+                        posterior_md = gr.Markdown(elem_classes="tf-note")
+                        back = _figure("4 · Pulled back from that exact z", elem_id="tf-reconstruction")
+                        recon_md = gr.Markdown(elem_classes="tf-note")
+                        inv_heat = _figure("5 · Likelihood heatmap", elem_id="tf-inv-heatmap", buttons=["download"])
+                        inv_heat_md = gr.Markdown(elem_classes="tf-note")
+
+                gr.Markdown("### Latent interpolation\nEncode two images, walk between their latents, "
+                            "decode every point: a flow's latent space has no holes, so every point is an image.")
+                with gr.Row():
+                    image_a = SafeImage(label="A", type="filepath", image_mode=None, height=180,
+                                        sources=["upload", "clipboard"], elem_classes="tf-input", elem_id="tf-a")
+                    image_b = SafeImage(label="B", type="filepath", image_mode=None, height=180,
+                                        sources=["upload", "clipboard"], elem_classes="tf-input", elem_id="tf-b")
+                    with gr.Column(min_width=240):
+                        interp_steps = gr.Slider(2, h.MAX_INTERPOLATION_STEPS, value=8, step=1, label="Points")
+                        interp_path = gr.Radio(h.PATHS, value="slerp", label="Path")
+                        interp_cond = gr.Dropdown(s["interp_choices"], value=h.NO_LABEL, label="Label",
+                                                  allow_custom_value=True)
+                        interp_btn = gr.Button("Interpolate", variant="primary")
+                if _pairs():
+                    gr.Examples(_pairs(), inputs=[image_a, image_b], label="Example pairs")
+                interp_strip = _figure("Decoded path from A to B", elem_id="tf-interp", buttons=["download"])
+                interp_md = gr.Markdown(elem_classes="tf-note")
+
+            # ---------------------------------------------------------------- Learn
+            with gr.Tab("Learn", id="learn"):
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        gr.Markdown(LEARN.read_text(encoding="utf-8"), latex_delimiters=[
+                            {"left": "$$", "right": "$$", "display": True},
+                            {"left": "$", "right": "$", "display": False},
+                        ])
+                    with gr.Column(scale=2, elem_id="tf-figure"):
+                        figure = ASSETS / "architecture.png"
+                        if figure.is_file():
+                            gr.Image(str(figure), label="TarFlow at a glance", interactive=False,
+                                     buttons=["fullscreen"], show_label=False)
+
+        gr.HTML('<div class="tf-footer">TarFlow: Zhai et al., <a href="https://arxiv.org/abs/2412.06329">'
+                "Normalizing Flows are Capable Generative Models</a> (2024). Runs on CPU, CUDA or ZeroGPU.</div>")
+
+        # ---------------------------------------------------------------- events
+        model_outputs = [card, classes, guidance, kind, attn_temp, sigma, denoise, num, condition, interp_cond,
+                         add_noise]
+        model.change(h.model_info, model, model_outputs, api_name="model_info", show_progress_on=card)
+        denoise.change(lambda on: gr.update(visible=bool(on)), denoise, raw_col, api_visibility="private",
+                       queue=False)
+        dice.click(None, None, seed, js="() => Math.floor(Math.random() * 1000000)")
+
+        gen_outputs = [samples, status, raw, strip, heat, heat_md, download, run_id, pick]
+        run.click(on_gpu(h.generate), [model, classes, num, seed, guidance, kind, attn_temp, annealed, guide_what,
+                                       temperature, denoise, sigma, slow],
+                  gen_outputs, api_name="generate", show_progress_on=status, **heavy)
+        pick.release(on_gpu(h.inspect), [run_id, pick], [strip, heat, heat_md], api_name="inspect")
+        samples.select(h.pick_from_grid, run_id, pick, api_visibility="private").then(
+            on_gpu(h.inspect), [run_id, pick], [strip, heat, heat_md], api_visibility="private")
+
+        inv_outputs = [steps_img, forward, hist, back, recon_md, inv_heat, inv_heat_md, posterior, posterior_md]
+        inv_inputs = [model, image, condition, precision, add_noise]
+        invert_btn.click(on_gpu(h.invert), inv_inputs, inv_outputs, api_name="invert", **heavy)
+        image.change(on_gpu(_invert_if_image), inv_inputs, inv_outputs, api_visibility="private", **heavy)
+        use_drawing.click(h.drawing_to_file, sketch, image, api_visibility="private")
+        interp_btn.click(on_gpu(h.interpolate), [model, image_a, image_b, interp_steps, interp_path, interp_cond],
+                         [interp_strip, interp_md], api_name="interpolate", **heavy)
+    return demo
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """Arguments for ``demo.launch``: server name and port come from GRADIO_SERVER_NAME /
+    GRADIO_SERVER_PORT, which Gradio reads itself when these are left unset."""
+    return {
+        "theme": theme(),
+        "css": CSS,
+        "show_error": True,  # our gr.Error messages are written for users
+        "max_file_size": "25mb",
+        "allowed_paths": [str(ASSETS)],
+        "state_session_capacity": 500,  # visitors whose page state is kept (Gradio keeps 10000)
+    }
