@@ -30,9 +30,9 @@ from app import render
 from app.inputs import BadImage, Fitted, load_fitted, sketch_to_image
 from app.models import MODELS, ModelLoadError, entries, pick_device
 from tarflow.images import save_png
-from tarflow.likelihood import classify, nll_map
+from tarflow.likelihood import classify, nll_map, noise_bits
 from tarflow.model import TarFlow
-from tarflow.sampling import Guidance, Samples, SampleSettings, reverse, reverse_stream, sample_stream
+from tarflow.sampling import Guidance, Samples, SampleSettings, reverse, reverse_stream, sample_stream, slerp
 
 MAX_IMAGES = int(os.environ.get("TARFLOW_MAX_IMAGES", "64"))
 MAX_SEED = 2**32 - 1
@@ -366,12 +366,6 @@ def generate(model_key: str, classes: list[str] | None, num: int, seed: int, gui
     )
 
 
-def noise_bits(sigma: float) -> float:
-    """Bits per value that Gaussian noise of std ``sigma`` (on the [-1, 1] scale) costs when
-    8-bit values are coded: its differential entropy plus log2(128) for the bin width 2/256."""
-    return 0.5 * math.log2(2 * math.pi * math.e * sigma**2) + 7.0 if sigma > 0 else 0.0
-
-
 def _noise_note(model: TarFlow) -> str:
     if model.noise_std <= 0 or noise_bits(model.noise_std) <= 0:
         return ""
@@ -568,18 +562,6 @@ def _prune(folder: Path, keep: int) -> None:
 # Interpolation
 
 
-def _slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation: Gaussian latents concentrate on a sphere, and a straight line
-    between two of them passes through its inside (too-small |z|: washed-out images)."""
-    af, bf = a.flatten(), b.flatten()
-    cos = torch.clamp(af @ bf / (af.norm() * bf.norm()), -1.0, 1.0)
-    omega = torch.arccos(cos)
-    if float(omega) < 1e-4:
-        return torch.lerp(a, b, t)
-    so = torch.sin(omega)
-    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
-
-
 def interpolate(model_key: str, image_a: str | None, image_b: str | None, steps: int = 8, path: str = "slerp",
                 condition: str = NO_LABEL, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[Any, str]:
     """Encode two images, blend their latents, decode the path. Returns (strip, caption)."""
@@ -597,7 +579,7 @@ def interpolate(model_key: str, image_a: str | None, image_b: str | None, steps:
         z, _, _ = model.trace(xs, y)
     zs = z / model.var.sqrt()
     ts = [i / (steps - 1) for i in range(steps)]
-    blend = [(_slerp if path == "slerp" else torch.lerp)(zs[0], zs[1], t) for t in ts]
+    blend = [(slerp if path == "slerp" else torch.lerp)(zs[0], zs[1], t) for t in ts]
     progress(0.4, desc=f"decoding {steps} points")
     labels = None if y is None else y[:1].expand(steps)
     decoded = reverse(model, torch.stack(blend), labels)

@@ -50,6 +50,13 @@ def dequantize(images: torch.Tensor, generator: torch.Generator | None = None) -
     return (images.float() + u) / 128.0 - 1.0
 
 
+def noise_bits(sigma: float) -> float:
+    """Bits per value that Gaussian noise of std ``sigma`` ([-1, 1] scale) costs in 8-bit units: its
+    differential entropy plus log2(128) for the bin width 2/256. A noise-augmented model's
+    bits/dim on noisy images cannot go below this."""
+    return 0.5 * math.log2(2 * math.pi * math.e * sigma**2) + 7.0 if sigma > 0 else 0.0
+
+
 def to_bits_per_dim(nll_nats: torch.Tensor, num_dims: int, dequantized: bool = True) -> torch.Tensor:
     """Per-image NLL of the continuous density (nats) -> bits per dimension (of 8-bit data if
     ``dequantized``)."""

@@ -312,6 +312,18 @@ def denoise(model: TarFlow, x: torch.Tensor, y: torch.Tensor | None = None,
     return (x + sigma**2 * grad).detach()
 
 
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between two latents. Gaussian latents concentrate near a sphere;
+    a straight line between two of them cuts through its inside (too small |z|: washed-out images)."""
+    af, bf = a.flatten(), b.flatten()
+    cos = torch.clamp(af @ bf / (af.norm() * bf.norm()), -1.0, 1.0)
+    omega = torch.arccos(cos)
+    if float(omega) < 1e-4:
+        return torch.lerp(a, b, t)
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+
+
 # ----------------------------------------------------------------------------------------------
 # The friendly layer: seeds, class names, recommended settings, output formats.
 

@@ -19,6 +19,8 @@ from PIL import Image, ImageDraw
 
 from app import handlers as h
 from app import inputs, models, render
+from tarflow.likelihood import noise_bits
+from tarflow.sampling import slerp
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 
@@ -222,8 +224,8 @@ def test_invert_adds_the_training_noise_on_request(tiny):
 
 def test_noise_bits_is_the_entropy_of_the_noise_in_8_bit_units():
     # N(0, s^2) on the [-1, 1] scale is N(0, (128 s)^2) in 8-bit units: 0.5 log2(2 pi e (128 s)^2)
-    assert h.noise_bits(0.1) == pytest.approx(0.5 * math.log2(2 * math.pi * math.e * 12.8**2))
-    assert h.noise_bits(0.0) == 0.0
+    assert noise_bits(0.1) == pytest.approx(0.5 * math.log2(2 * math.pi * math.e * 12.8**2))
+    assert noise_bits(0.0) == 0.0
 
 
 def test_invert_unconditional_model_has_nothing_to_classify(tiny):
@@ -269,10 +271,10 @@ def test_slerp_keeps_the_norm_of_equal_norm_latents():
     a = torch.randn(16, 4, generator=g)
     b = torch.randn(16, 4, generator=g)
     b = b * a.norm() / b.norm()
-    mid = h._slerp(a, b, 0.5)
+    mid = slerp(a, b, 0.5)
     assert float(mid.norm()) == pytest.approx(float(a.norm()), rel=1e-5)
     assert float(torch.lerp(a, b, 0.5).norm()) < 0.9 * float(a.norm())
-    assert torch.allclose(h._slerp(a, b, 0.0), a, atol=1e-6) and torch.allclose(h._slerp(a, b, 1.0), b, atol=1e-6)
+    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-6) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-6)
 
 
 def test_drawing_becomes_a_file_and_blank_canvas_is_refused(tiny):

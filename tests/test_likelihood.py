@@ -108,3 +108,11 @@ def test_classify_is_bayes_rule_and_batch_independent():
 def test_dequantize_wants_uint8():
     with pytest.raises(TypeError):
         dequantize(torch.zeros(1, 1, 2, 2))
+
+
+def test_noise_bits_is_the_gaussian_entropy_in_8bit_bins():
+    from tarflow.likelihood import noise_bits
+
+    # std 0.1 on [-1, 1] is 12.8 bins of width 2/256
+    assert noise_bits(0.1) == pytest.approx(0.5 * math.log2(2 * math.pi * math.e * 12.8**2))
+    assert noise_bits(0.0) == 0.0

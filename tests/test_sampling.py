@@ -246,3 +246,16 @@ def test_bf16_sampling_runs_close_to_fp32():
     assert half.dtype == torch.float32
     err = (half - full).abs()
     assert err.mean() < 0.02 and err.max() < 0.3  # bf16 keeps about 3 significant digits
+
+
+def test_slerp_keeps_the_norm_between_orthogonal_latents():
+    from tarflow.sampling import slerp
+
+    a = torch.zeros(2, 3)
+    b = torch.zeros(2, 3)
+    a[0, 0], b[1, 2] = 2.0, 2.0
+    mid = slerp(a, b, 0.5)
+    assert mid.norm().item() == pytest.approx(2.0)
+    torch.testing.assert_close(slerp(a, b, 0.0), a)
+    torch.testing.assert_close(slerp(a, b, 1.0), b)
+    torch.testing.assert_close(slerp(a, a.clone(), 0.3), a)  # parallel: falls back to a straight line

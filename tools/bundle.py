@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import shutil
 import sys
@@ -27,6 +26,7 @@ import quality  # noqa: E402
 from tarflow.data import DATASETS, load  # noqa: E402
 from tarflow.hub import load_model  # noqa: E402
 from tarflow.images import grid, save_png  # noqa: E402
+from tarflow.likelihood import noise_bits  # noqa: E402
 from tarflow.sampling import SampleSettings, sample  # noqa: E402
 from tarflow.train import TrainConfig, evaluate  # noqa: E402
 
@@ -107,8 +107,7 @@ def main() -> None:
     n_train = len(data.split("train"))
     passes = stats["steps"] * cfg.batch_size / n_train
     noisy_bpd = bpd.get("noisy_bpd", float("nan"))
-    # differential entropy of N(0, sigma^2) per dimension, in 8-bit units (+ log2 128)
-    noise_bits = 0.5 * math.log2(2 * math.pi * math.e * model.noise_std**2) + 7 if model.noise_std else float("nan")
+    noise_floor = noise_bits(model.noise_std)
     judge_acc = json.loads((quality.CLASSIFIERS / f"{model.dataset}.json").read_text())["held_out_accuracy"]
     card = f"""---
 library_name: tarflow
@@ -154,7 +153,7 @@ gradient clipping {cfg.grad_clip}. {stats["minutes"]:.0f} minutes on {hardware};
 | --- | --- |
 | bits/dim, uniformly dequantized clean images | {bpd["bpd"]:.3f} |
 | bits/dim of the noisy images (sigma {model.noise_std}), the density the model was trained on | {noisy_bpd:.3f} |
-| for scale: the entropy of the added Gaussian noise alone | {noise_bits:.3f} |
+| for scale: the entropy of the added Gaussian noise alone | {noise_floor:.3f} |
 
 The model was trained on images with noise added, so its density lives around noisy images: clean
 images sit off that shell and score poorly, and most of the noisy-image figure is the entropy of the
