@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from tarflow.model import MetaBlock, TarFlow
 
+OVERFLOW_MESSAGE = "sampling overflowed (non-finite values); lower the guidance scale or the prior temperature"
+
 
 @dataclass(frozen=True)
 class Guidance:
@@ -67,7 +69,12 @@ class Frame:
 
     @property
     def block_done(self) -> bool:
+        """True at the end of a block (and for the prior sample, which is complete)."""
         return self.tokens == self.num_tokens
+
+    @property
+    def is_prior(self) -> bool:
+        return self.stage == 0
 
 
 class _BlockSampler:
@@ -227,12 +234,14 @@ def reverse_stream(
     guidance: Guidance = Guidance(),
     every: int | None = None,
     dtype: torch.dtype | None = None,
+    check_finite: bool = False,
 ) -> Iterator[Frame]:
     """Invert the flow from the latent z (B, T, D), yielding a Frame for the prior sample, after
     each block and, if ``every`` is set, every ``every`` tokens inside a block.
 
     The last frame's latent is the sample. Work happens in inference mode between yields only,
-    so the consumer's own autograd state is never changed.
+    so the consumer's own autograd state is never changed. With ``check_finite`` a block that
+    ends with non-finite values raises FloatingPointError at once instead of running on.
     """
     _check_latent(model, z)
     if every is not None and every < 1:
@@ -272,6 +281,8 @@ def reverse_stream(
                 if i == T - 1:
                     seq = block.permute(seq, 0).contiguous()  # back to natural order
                     natural = seq
+                    if check_finite and not bool(torch.isfinite(seq).all()):
+                        raise FloatingPointError(OVERFLOW_MESSAGE)
                 else:
                     natural = block.permute(seq, 0)
                 latent = model.unpatchify(natural.transpose(0, 1).to(out_dtype))
@@ -414,14 +425,10 @@ def sample_stream(
     device = model.var.device
     y = labels.to(device) if model.num_classes else None
     frame = None
-    for frame in reverse_stream(model, z, y, guidance, every=every, dtype=dtype):
+    for frame in reverse_stream(model, z, y, guidance, every=every, dtype=dtype, check_finite=True):
         yield frame
     assert frame is not None
-    raw = frame.latent
-    if not torch.isfinite(raw).all():
-        raise FloatingPointError(
-            "sampling overflowed (non-finite values); lower the guidance scale or the prior temperature"
-        )
+    raw = frame.latent  # finite: checked at every block's end
     images = denoise(model, raw, y, settings.sigma) if settings.denoise else raw
     yield Samples(images=images.cpu(), raw=raw.cpu(), labels=labels)
 

@@ -215,6 +215,12 @@ def test_sample_stream_ends_with_samples_and_reports_overflow():
             block.proj_out.bias[: block.in_dim] = 30.0  # log-scales of 30 per block overflow float32
     with pytest.raises(FloatingPointError, match="lower the guidance"):
         sample(model, SampleSettings(num=1, classes=0, guidance=5.0))
+    # it fails at the first block that overflows, before the remaining blocks run
+    frames = []
+    with pytest.raises(FloatingPointError):
+        for f in sample_stream(model, SampleSettings(num=1, classes=0, guidance=5.0), every=5):
+            frames.append(f)
+    assert frames[0].is_prior and not frames[1].is_prior and max(f.stage for f in frames) == 1
 
 
 def test_label_resolution():
