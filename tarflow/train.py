@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,7 @@ class TrainConfig:
     # logistics
     out: str = "runs/mnist"
     log_every: int = 25
-    eval_every: int = 500
-    sample_every: int = 500
+    eval_every: int = 500  # held-out bits/dim and a sample grid
     checkpoint_minutes: float = 5.0
     eval_images: int = 1000
     threads: int = 0  # 0: torch's default
@@ -67,7 +66,6 @@ class TrainConfig:
     # recommended sampling, written into the exported model
     guidance: float = 2.0
     attn_temp: float = 1.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
@@ -88,6 +86,12 @@ class TrainConfig:
         if cfg.noise not in ("gaussian", "uniform"):
             raise ValueError(f"noise must be 'gaussian' or 'uniform', got {cfg.noise!r}")
         return cfg
+
+    @classmethod
+    def from_checkpoint(cls, raw: dict[str, Any]) -> TrainConfig:
+        """A config saved by a run, tolerating keys that older versions wrote and this one dropped."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls.from_dict({k: v for k, v in raw.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -283,7 +287,7 @@ def train(cfg: TrainConfig, minutes: float | None = None, stop_after: float | No
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         step = int(state["step"])
-        saved = TrainConfig.from_dict(state["config"])
+        saved = TrainConfig.from_checkpoint(state["config"])
         cfg.total_steps = cfg.total_steps or saved.total_steps
         if not quiet:
             acc.print(f"resumed {out} at step {step} of {cfg.total_steps}")
@@ -379,7 +383,7 @@ def train(cfg: TrainConfig, minutes: float | None = None, stop_after: float | No
             plot_curves(metrics_path, out / "loss.png")
             window_t, window_n = time.time(), 0
         out_of_time = stop_after is not None and time.time() - started > stop_after * 60
-        if time.time() - last_ckpt > cfg.checkpoint_minutes * 60 or step == end or out_of_time:
+        if time.time() - last_ckpt > cfg.checkpoint_minutes * 60 and not out_of_time and step < end:
             checkpoint()
             last_ckpt = time.time()
         if out_of_time:
@@ -388,7 +392,7 @@ def train(cfg: TrainConfig, minutes: float | None = None, stop_after: float | No
             break
     bar.close()
     acc.wait_for_everyone()
-    checkpoint()
+    checkpoint()  # the one final save, whether the run ended or ran out of time
     return out / "model"
 
 

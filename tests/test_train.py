@@ -136,5 +136,7 @@ def test_config_files_are_checked(tmp_path):
         TrainConfig.from_file(bad)
     with pytest.raises(ValueError, match="noise must be"):
         TrainConfig.from_dict({"noise": "pink"})
+    # a run's saved config from an older version (keys since dropped) still resumes
+    assert TrainConfig.from_checkpoint({"lr": 5e-4, "sample_every": 500, "extra": {}}).lr == 5e-4
     for path in sorted(__import__("pathlib").Path(__file__).parent.parent.glob("configs/*.json")):
         TrainConfig.from_file(path)  # every shipped config parses

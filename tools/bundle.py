@@ -70,7 +70,7 @@ def main() -> None:
         shutil.copy(run / "model" / f, out / f)
     model = load_model(out)
     state = torch.load(run / "checkpoint" / "train_state.pt", map_location="cpu", weights_only=True)
-    cfg = TrainConfig.from_dict(state["config"])
+    cfg = TrainConfig.from_checkpoint(state["config"])
     data = load(model.dataset, args.data_dir)
     test_x, test_y = data.tensors("test")
     bpd = evaluate(model, cfg, test_x, test_y)
