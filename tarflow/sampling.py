@@ -172,6 +172,22 @@ class _BlockSampler:
         self.all_columns = bool(mask.all())
         self.guide_mask = mask
 
+        # Work buffers reused by every step (the products' outputs and the residual stream): they
+        # stay hot in cache and cost no allocations. The attention scores of token i use the
+        # first R*H*(i+1) values of one flat buffer, as a contiguous (R*H, 1, i+1) view.
+        width = block.proj_in.out_features
+        hidden = block.attn_blocks[0].mlp.main[0].out_features if heads else width
+
+        def buffer(*shape: int) -> torch.Tensor:
+            return torch.empty(*shape, device=device, dtype=dtype)
+
+        self.h = buffer(R, width)
+        self.buf_in = buffer(batch, width)
+        self.buf_q, self.buf_kv, self.buf_o = buffer(R, H * hd), buffer(R, 2 * H * hd), buffer(R * H, 1, hd)
+        self.buf_hidden, self.buf_out = buffer(R, hidden), buffer(R, out_dim)
+        flat = buffer(R * H * T)
+        self.buf_scores = [flat[: R * H * (i + 1)].view(R * H, 1, i + 1) for i in range(T)]
+
     def _norm(self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.low_precision:
             return F.layer_norm(h.float(), self.norm_shape, w.float(), b.float(), self.eps).to(self.dtype)
@@ -191,18 +207,21 @@ class _BlockSampler:
         B, R = self.batch, self.rows
         H, hd = self.heads
         addmm, bmm, norm = torch.addmm, torch.bmm, self._norm
-        h = (self.table[i] + torch.mm(seq[i], self.w_in.t())).view(R, -1)  # input shared by both passes
+        h = self.h  # the residual stream of both passes (R, W), updated in place
+        torch.add(self.table[i], torch.mm(seq[i], self.w_in.t(), out=self.buf_in), out=h.view(-1, B, h.shape[1]))
         for ln1_w, ln1_b, b_q, w_q, b_kv, w_kv, kv_slots, keys, values, b_proj, w_proj, ln2_w, ln2_b, b1, w1, b2, w2 \
                 in self.layers:
             n = norm(h, ln1_w, ln1_b)
-            kv_slots[i].copy_(addmm(b_kv, n, w_kv).view(R, 2, H, hd))
-            scores = bmm(addmm(b_q, n, w_q).view(R * H, 1, hd), keys[i])  # (R*H, 1, i+1)
+            kv_slots[i].copy_(addmm(b_kv, n, w_kv, out=self.buf_kv).view(R, 2, H, hd))
+            q = addmm(b_q, n, w_q, out=self.buf_q).view(R * H, 1, hd)
+            scores = bmm(q, keys[i], out=self.buf_scores[i])  # (R*H, 1, i+1)
             if self.score_scale is not None:
                 scores = scores * self.score_scale
-            o = bmm(self._softmax(scores), values[i]).view(R, H * hd)
-            h = h + addmm(b_proj, o, w_proj)
-            h = h + addmm(b2, F.gelu(addmm(b1, norm(h, ln2_w, ln2_b), w1)), w2)
-        out = addmm(self.b_out, h, self.w_out_t)
+            o = bmm(self._softmax(scores), values[i], out=self.buf_o).view(R, H * hd)
+            # residual products accumulate into h in place; the bias follows (no bias copy)
+            h.addmm_(o, w_proj).add_(b_proj)
+            h.addmm_(F.gelu(addmm(b1, norm(h, ln2_w, ln2_b), w1, out=self.buf_hidden)), w2).add_(b2)
+        out = addmm(self.b_out, h, self.w_out_t, out=self.buf_out)
         if self.guided:
             w = self.guidance.weight(i, self.T)
             weight = 1.0 + w if self.all_columns else 1.0 + w * self.guide_mask
