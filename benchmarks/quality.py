@@ -55,6 +55,14 @@ class Judge(nn.Module):
         return self.head(self.body(x))
 
 
+def balanced_pick(labels: torch.Tensor, per_class: int, seed: int = 1) -> torch.Tensor:
+    """Indices of up to ``per_class`` random images of every class: real-image yardsticks with the
+    same class mix as the samples (emoji categories are far from balanced)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=g)
+    return torch.cat([order[labels[order] == c][:per_class] for c in labels.unique()])
+
+
 def to_float(images_u8: torch.Tensor) -> torch.Tensor:
     return images_u8.float() / 127.5 - 1
 
@@ -185,6 +193,9 @@ def main() -> None:
         "real (train split)": (accuracy(judge, real, real_y), frechet(features(judge, real), f_test)),
         "real, 3x3 blurred": (accuracy(judge, blur3(real), real_y), frechet(features(judge, blur3(real)), f_test)),
     }
+    if model.num_classes:  # the samples' class mix (the real rows follow the data's)
+        fair = balanced_pick(y_train, args.per_class)
+        rows["real, class-balanced"] = (accuracy(judge, to_float(x_train_u8[fair]), y_train[fair]), float("nan"))
     g_used = s.guidance_for(model)
     print(f"model {args.model} on {dataset}: {n} samples at guidance {g_used.scale}, "
           f"denoise {not args.no_denoise}, drawn in {secs:.1f}s; judged against {len(xt)} held-out images")

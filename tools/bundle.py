@@ -48,7 +48,10 @@ def training_stats(run: Path) -> dict:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     train = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "eval_bpd" in r]
-    return {"steps": train[-1]["step"], "minutes": train[-1]["minutes"], "final_loss": train[-1]["loss"],
+    # "minutes" restarts in every process of a resumed run: add up the segments
+    ends = [r for r, nxt in zip(train, train[1:] + [None]) if nxt is None or nxt["minutes"] < r["minutes"]]
+    minutes = sum(r["minutes"] for r in ends)
+    return {"steps": train[-1]["step"], "minutes": minutes, "final_loss": train[-1]["loss"],
             "images_per_s": sorted(r["images_per_s"] for r in train)[len(train) // 2],
             "last_eval": evals[-1] if evals else None}
 
@@ -92,9 +95,11 @@ def main() -> None:
         s = sample(model, SampleSettings(num=n, classes=classes, seed=0, denoise=denoise))
         result[denoise] = (quality.accuracy(judge, s.images.clamp(-1, 1), s.labels),
                            quality.frechet(quality.features(judge, s.images.clamp(-1, 1)), f_test))
-    pick = torch.randperm(len(data.tensors("train")[0]), generator=torch.Generator().manual_seed(1))[:n]
     real_x, real_y = data.tensors("train")
+    pick = torch.randperm(len(real_y), generator=torch.Generator().manual_seed(1))[:n]  # the data's class mix
     real = quality.to_float(real_x[pick])
+    fair = quality.balanced_pick(real_y, args.per_class)  # the samples' class mix
+    balanced_acc = quality.accuracy(judge, quality.to_float(real_x[fair]), real_y[fair])
     yard = {"real": (quality.accuracy(judge, real, real_y[pick]),
                      quality.frechet(quality.features(judge, real), f_test)),
             "blur": (quality.accuracy(judge, quality.blur3(real), real_y[pick]),
@@ -179,11 +184,16 @@ Sample quality, judged by a small CNN trained only on the training split
 | real training images (yardstick) | {yard["real"][0]:.1%} | {yard["real"][1]:.2f} |
 | real images, 3x3 blur (yardstick) | {yard["blur"][0]:.1%} | {yard["blur"][1]:.2f} |
 
+The real rows follow the data's class mix, like the held-out images; the samples have
+{args.per_class} per class. On class-balanced real training images ({args.per_class} per class, or all of a
+smaller class) the judge is right {balanced_acc:.1%} of the time: the fair ceiling for the samples' score.
+
 Reproduce: `python benchmarks/quality.py --model checkpoints/{args.name}` and
 `python -m tarflow eval --model checkpoints/{args.name}`.
 """
     (out / "README.md").write_text(card)
-    summary = {"bpd": bpd, "denoised": result[True], "raw": result[False], **yard, "stats": stats}
+    summary = {"balanced_real": balanced_acc, "bpd": bpd, "denoised": result[True], "raw": result[False],
+               **yard, "stats": stats}
     print(json.dumps(summary, indent=2, default=str))
 
 
