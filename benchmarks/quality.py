@@ -136,15 +136,17 @@ def load_judge(dataset: str, data_dir: str, retrain: bool = False, epochs: int |
 
 
 @torch.no_grad()
+def predict(judge: Judge, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([judge(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)])
+
+
 def accuracy(judge: Judge, x: torch.Tensor, y: torch.Tensor) -> float:
-    pred = torch.cat([judge(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)])
-    return (pred == y).float().mean().item()
+    return (predict(judge, x) == y).float().mean().item()
 
 
-@torch.no_grad()
 def balanced_accuracy(judge: Judge, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean over classes of the share of that class's images classified right."""
-    pred = torch.cat([judge(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)])
+    pred = predict(judge, x)
     return float(torch.stack([(pred[y == c] == c).float().mean() for c in y.unique()]).mean())
 
 
