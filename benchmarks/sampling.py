@@ -23,7 +23,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from oracle import oracle_reverse  # noqa: E402
 
-from tarflow import TarFlow  # noqa: E402
+from tarflow import TarFlow, sampling  # noqa: E402
 from tarflow.sampling import Guidance, reverse_stream  # noqa: E402
 
 
@@ -53,6 +53,20 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, sync) -> float:
     b = torch.randn(n, n, device=device, dtype=dtype)
     t = best_time(lambda: a @ b, 3, sync)
     return 2 * n**3 / t / 1e9
+
+
+def variant(fn, **settings):
+    """fn run with some of tarflow.sampling's switches changed (USE_SCRIPTED_LOOP, CPU_SHARDS)."""
+    def run():
+        saved = {k: getattr(sampling, k) for k in settings}
+        for k, v in settings.items():
+            setattr(sampling, k, v)
+        try:
+            return fn()
+        finally:
+            for k, v in saved.items():
+                setattr(sampling, k, v)
+    return run
 
 
 def sampling_flops(model: TarFlow, rows: int) -> float:
@@ -97,8 +111,15 @@ def main() -> None:
     ours = model.reverse(z, y, guidance=args.guidance)
     plain = oracle_reverse(model, z, y, guidance=args.guidance)
     diff = (ours - plain).abs().max().item()
+    def reverse():
+        return model.reverse(z, y, guidance=args.guidance)
+
     contenders = [("plain oracle (reference-style)", lambda: oracle_reverse(model, z, y, guidance=args.guidance)),
-                  ("ours", lambda: model.reverse(z, y, guidance=args.guidance))]
+                  ("ours, Python token loop", variant(reverse, USE_SCRIPTED_LOOP=False)),
+                  ("ours, scripted loop, one batch", variant(reverse, CPU_SHARDS=1)),
+                  ("ours", reverse)]
+    if device.type != "cpu":  # the scripted loop and its shards are for CPUs
+        del contenders[1:3]
     if args.reference:
         spec = importlib.util.spec_from_file_location("reference_flow", args.reference)
         ref_mod = importlib.util.module_from_spec(spec)
@@ -112,6 +133,9 @@ def main() -> None:
 
         print(f"max |ours - published| = {(published() - ours).abs().max().item():.2e}")
         contenders.insert(0, ("published reverse()", published))
+    shards = sampling._shards(args.num, device, torch.float32)
+    print(f"ours: {'TorchScript' if sampling._scripted_loop() and device.type == 'cpu' else 'Python'} token loop, "
+          f"{len(shards)} shard(s) of the batch run at once")
     times = best_times([fn for _, fn in contenders], args.repeats, sync)
     rows_out = [(name, t) for (name, _), t in zip(contenders, times)]
     t_plain = dict(rows_out)["plain oracle (reference-style)"]

@@ -8,8 +8,11 @@ at its full length, per call.
 
 from __future__ import annotations
 
+import threading
+import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +21,66 @@ import torch.nn.functional as F
 from tarflow.model import MetaBlock, TarFlow
 
 OVERFLOW_MESSAGE = "sampling overflowed (non-finite values); lower the guidance scale or the prior temperature"
+
+# On a CPU in float32/float64 the token loop runs as TorchScript (tarflow/_token_loop.py), which
+# needs no GIL. When the process may use 2+ intra-op threads, a batch is split into CPU_SHARDS
+# shards that are inverted at the same time on worker threads of one intra-op thread each: the
+# products here are too small for threads inside one product to pay, but whole shards run side by
+# side. See benchmarks/sampling.py. USE_SCRIPTED_LOOP = False selects the plain Python loop.
+USE_SCRIPTED_LOOP = True
+CPU_SHARDS = 2
+
+_script_lock = threading.Lock()
+_scripted: list = []  # [the scripted token loop, or None when TorchScript is unavailable]
+_pool: list[ThreadPoolExecutor] = []
+
+
+def _scripted_loop() -> Callable | None:
+    """The scripted token loop, compiled on first use; None if TorchScript cannot compile it."""
+    if not USE_SCRIPTED_LOOP:
+        return None
+    with _script_lock:
+        if not _scripted:
+            try:
+                from tarflow._token_loop import token_loop
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # torch 2.13 marks TorchScript as deprecated
+                    _scripted.append(torch.jit.script(token_loop))
+            except Exception:  # noqa: BLE001 - any failure means: use the Python loop
+                _scripted.append(None)
+        return _scripted[0]
+
+
+def _one_intra_op_thread() -> None:
+    torch.get_num_threads()  # a thread takes up the process default on first use: let that happen now
+    torch.set_num_threads(1)  # then this thread's own setting (OpenMP and MKL keep it per thread)
+
+
+def _worker_pool() -> ThreadPoolExecutor:
+    """CPU_SHARDS worker threads, each with one intra-op thread."""
+    with _script_lock:
+        if not _pool:
+            threads = torch.get_num_threads()
+            pool = ThreadPoolExecutor(CPU_SHARDS, thread_name_prefix="tarflow-sampler",
+                                      initializer=_one_intra_op_thread)
+            started = threading.Barrier(CPU_SHARDS)
+            list(pool.map(lambda _: started.wait(), range(CPU_SHARDS)))  # start every worker now
+            # torch.set_num_threads also sets the default that threads started later take up:
+            # put back this thread's value, leaving the workers at one.
+            torch.set_num_threads(threads)
+            _pool.append(pool)
+        return _pool[0]
+
+
+def _shards(batch: int, device: torch.device, dtype: torch.dtype) -> list[tuple[int, int]]:
+    """Row ranges of the batch that are inverted concurrently (one range: no concurrency)."""
+    n = 1
+    if (device.type == "cpu" and dtype in (torch.float32, torch.float64) and torch.get_num_threads() > 1
+            and _scripted_loop() is not None):
+        n = max(1, min(CPU_SHARDS, batch))
+    edges = [round(k * batch / n) for k in range(n + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 @dataclass(frozen=True)
@@ -122,25 +185,19 @@ class _BlockSampler:
         self.kv = torch.empty(len(heads), 2, R * H, T, hd, device=device, dtype=dtype)
 
         # Per layer: weights as the step uses them (transposed views, softmax scale folded into the
-        # query projection) and views into this layer's cache, so a step does no re-arranging.
+        # query projection), so a step does no re-arranging.
         self.layers = []
-        for l, layer in enumerate(block.attn_blocks):
+        for layer in block.attn_blocks:
             att, mlp = layer.attention, layer.mlp
             w_qkv = att.qkv.weight.detach().clone()
             b_qkv = att.qkv.bias.detach().clone()
             w_qkv[: H * hd] *= hd**-0.5
             b_qkv[: H * hd] *= hd**-0.5
-            kv = self.kv[l]
             W = H * hd
             self.layers.append((
                 cast(att.norm.weight), cast(att.norm.bias),
                 # queries and keys/values as two products: the query lands contiguous, per head
                 cast(b_qkv[:W]), cast(w_qkv[:W]).t(), cast(b_qkv[W:]), cast(w_qkv[W:]).t(),
-                # per-step views into this layer's cache: where token i's key/value go, and the
-                # keys (R*H, hd, i+1) and values (R*H, i+1, hd) that token i attends to
-                [kv.view(2, R, H, T, hd)[:, :, :, i].transpose(0, 1) for i in range(T)],
-                [kv[0, :, : i + 1].transpose(1, 2) for i in range(T)],
-                [kv[1, :, : i + 1] for i in range(T)],
                 cast(att.proj.bias), cast(att.proj.weight).t(),
                 cast(mlp.norm.weight), cast(mlp.norm.bias),
                 cast(mlp.main[0].bias), cast(mlp.main[0].weight).t(),
@@ -171,6 +228,7 @@ class _BlockSampler:
             mask = torch.full((out_dim,), float("b" in guidance.what), device=device, dtype=dtype)
         self.all_columns = bool(mask.all())
         self.guide_mask = mask
+        self.weights = [guidance.weight(i, T) for i in range(T)] if self.guided else []
 
         # Work buffers reused by every step (the products' outputs and the residual stream): they
         # stay hot in cache and cost no allocations. The attention scores of token i use the
@@ -187,6 +245,32 @@ class _BlockSampler:
         self.buf_hidden, self.buf_out = buffer(R, hidden), buffer(R, out_dim)
         flat = buffer(R * H * T)
         self.buf_scores = [flat[: R * H * (i + 1)].view(R * H, 1, i + 1) for i in range(T)]
+
+        self.scripted = (_scripted_loop() if device.type == "cpu" and dtype in (torch.float32, torch.float64)
+                         else None)
+        if self.scripted is not None:
+            self.script_args = (
+                self.table, self.w_in.t(), self.kv, [t for L in self.layers for t in L], self.h, self.buf_in,
+                self.buf_q, self.buf_kv, self.buf_o, self.buf_hidden, self.buf_out, flat, self.score_scale,
+                self.weights, None if self.all_columns else self.guide_mask, self.w_out_t, self.b_out, H,
+                self.eps, bool(block.nvp),
+            )
+        else:
+            # Per-step views into each layer's cache for the Python loop: where token i's key and
+            # value go, and the keys (R*H, hd, i+1) and values (R*H, i+1, hd) that token i attends to.
+            self.cache_views = [(
+                [kv.view(2, R, H, T, hd)[:, :, :, i].transpose(0, 1) for i in range(T)],
+                [kv[0, :, : i + 1].transpose(1, 2) for i in range(T)],
+                [kv[1, :, : i + 1] for i in range(T)],
+            ) for kv in self.kv]
+
+    def run(self, seq: torch.Tensor, start: int, stop: int) -> None:
+        """Compute tokens start+1..stop of ``seq`` (T, B, D) in place."""
+        if self.scripted is not None:
+            self.scripted(seq, start, stop, *self.script_args)
+        else:
+            for i in range(start, stop):
+                self.step(seq, i)
 
     def _norm(self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.low_precision:
@@ -209,8 +293,8 @@ class _BlockSampler:
         addmm, bmm, norm = torch.addmm, torch.bmm, self._norm
         h = self.h  # the residual stream of both passes (R, W), updated in place
         torch.add(self.table[i], torch.mm(seq[i], self.w_in.t(), out=self.buf_in), out=h.view(-1, B, h.shape[1]))
-        for ln1_w, ln1_b, b_q, w_q, b_kv, w_kv, kv_slots, keys, values, b_proj, w_proj, ln2_w, ln2_b, b1, w1, b2, w2 \
-                in self.layers:
+        for (ln1_w, ln1_b, b_q, w_q, b_kv, w_kv, b_proj, w_proj, ln2_w, ln2_b, b1, w1, b2, w2), \
+                (kv_slots, keys, values) in zip(self.layers, self.cache_views):
             n = norm(h, ln1_w, ln1_b)
             kv_slots[i].copy_(addmm(b_kv, n, w_kv, out=self.buf_kv).view(R, 2, H, hd))
             q = addmm(b_q, n, w_q, out=self.buf_q).view(R * H, 1, hd)
@@ -223,7 +307,7 @@ class _BlockSampler:
             h.addmm_(F.gelu(addmm(b1, norm(h, ln2_w, ln2_b), w1, out=self.buf_hidden)), w2).add_(b2)
         out = addmm(self.b_out, h, self.w_out_t, out=self.buf_out)
         if self.guided:
-            w = self.guidance.weight(i, self.T)
+            w = self.weights[i]
             weight = 1.0 + w if self.all_columns else 1.0 + w * self.guide_mask
             out = torch.lerp(out[B:], out[:B], weight)
         z_next = seq[i + 1]
@@ -233,6 +317,35 @@ class _BlockSampler:
             torch.addcmul(b, z_next, scale, out=z_next)
         else:
             z_next.add_(out)
+
+
+class _Shard:
+    """Rows lo..hi of a batch and, per block, the sampler that inverts them."""
+
+    def __init__(self, lo: int, hi: int, y: torch.Tensor | None, guidance: Guidance, dtype: torch.dtype):
+        self.lo, self.hi = lo, hi
+        self.y = None if y is None else y[lo:hi]
+        self.guidance, self.dtype = guidance, dtype
+        self.block: MetaBlock | None = None
+        self.runner: _BlockSampler | None = None
+
+    def advance(self, block: MetaBlock, seq: torch.Tensor, start: int, stop: int) -> None:
+        """Compute tokens start+1..stop of this shard's rows of ``seq`` (T, B, D) in place."""
+        with torch.inference_mode():  # per thread: workers enter it themselves
+            if self.block is not block:  # built where it runs, so a worker does its own setup
+                self.runner = _BlockSampler(block, self.y, self.hi - self.lo, self.guidance, self.dtype)
+                self.block = block
+            self.runner.run(seq[:, self.lo:self.hi], start, stop)
+
+
+def _advance_all(shards: list[_Shard], block: MetaBlock, seq: torch.Tensor, start: int, stop: int) -> None:
+    """Advance every shard from token start to stop; several shards run on the worker threads."""
+    if len(shards) == 1:
+        shards[0].advance(block, seq, start, stop)
+        return
+    pool = _worker_pool()
+    for job in [pool.submit(s.advance, block, seq, start, stop) for s in shards]:
+        job.result()
 
 
 def _last(items):
@@ -285,18 +398,17 @@ def reverse_stream(
         frame = Frame(0, None, T, T, model.unpatchify(seq.transpose(0, 1).to(out_dtype)))
     yield frame
     num_blocks = len(model.blocks)
+    shards = [_Shard(lo, hi, y, guidance, dtype) for lo, hi in _shards(B, device, dtype)]
     for stage, k in enumerate(reversed(range(num_blocks)), start=1):
         block = model.blocks[k]
         with torch.inference_mode():
-            runner = _BlockSampler(block, y, B, guidance, dtype)
             seq = block.permute(seq, 0).contiguous()  # this block's order
         i = 0
         while i < T - 1:
             stop = T - 1 if every is None else min(T - 1, i + every)
             with torch.inference_mode():
-                while i < stop:
-                    runner.step(seq, i)
-                    i += 1
+                _advance_all(shards, block, seq, i, stop)
+                i = stop
                 if i == T - 1:
                     seq = block.permute(seq, 0).contiguous()  # back to natural order
                     natural = seq

@@ -7,7 +7,7 @@ import torch
 from helpers import images, make_model
 from oracle import oracle_reverse
 
-from tarflow import Guidance, SampleSettings, denoise, reverse_stream, sample, sample_stream
+from tarflow import Guidance, SampleSettings, denoise, reverse_stream, sample, sample_stream, sampling
 from tarflow.sampling import Samples, prior_noise, resolve_labels, to_uint8
 
 GUIDANCE_CASES = [
@@ -30,9 +30,28 @@ def _noise(model, n=5, seed=3):
 F64 = dict(atol=1e-11, rtol=1e-11)
 
 
+@pytest.fixture(params=["scripted", "python"])
+def loop(request, monkeypatch):
+    """Run a test with the TorchScript token loop (sharded over worker threads on a CPU with 2+
+    threads) and again with the plain Python loop."""
+    monkeypatch.setattr(sampling, "USE_SCRIPTED_LOOP", request.param == "scripted")
+    if request.param == "scripted":
+        assert sampling._scripted_loop() is not None
+    return request.param
+
+
+@pytest.fixture
+def two_threads():
+    """At least two intra-op threads, so that the sampler shards batches over its workers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(2, before))
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("kw", GUIDANCE_CASES)
 @pytest.mark.parametrize("nvp", [True, False])
-def test_fast_sampler_equals_oracle_conditional(kw, nvp):
+def test_fast_sampler_equals_oracle_conditional(kw, nvp, loop):
     model = make_model(nvp=nvp, num_classes=3, num_blocks=3, dtype=torch.float64)
     z = _noise(model).double()
     y = torch.tensor([0, 1, 2, 0, 1])
@@ -44,19 +63,69 @@ def test_fast_sampler_equals_oracle_conditional(kw, nvp):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(guidance=1.0, attn_temp=0.5), dict(guidance=2.0, attn_temp=1.5)])
-def test_fast_sampler_equals_oracle_unconditional(kw):
+def test_fast_sampler_equals_oracle_unconditional(kw, loop):
     model = make_model(num_classes=0, num_blocks=2, in_channels=3, patch_size=4, dtype=torch.float64)
     z = _noise(model, n=2).double()
     want = oracle_reverse(model, z, None, kw.get("guidance", 0.0), "ab", kw.get("attn_temp", 1.0))
     torch.testing.assert_close(model.reverse(z, None, **kw), want, **F64)
 
 
-def test_fast_sampler_matches_oracle_in_float32():
+def test_fast_sampler_matches_oracle_in_float32(loop):
     model = make_model(num_classes=3, num_blocks=4)
     z = _noise(model)
     y = torch.tensor([0, 1, 2, 0, 1])
     want = oracle_reverse(model, z, y, 2.0, "ab", 1.0, False)
     torch.testing.assert_close(model.reverse(z, y, guidance=2.0), want, atol=1e-4, rtol=1e-4)
+
+
+def test_shards_run_on_workers_and_equal_one_batch(two_threads, monkeypatch):
+    model = make_model(num_classes=3, num_blocks=3, dtype=torch.float64)
+    z = _noise(model, 5).double()
+    y = torch.tensor([0, 1, 2, 0, 1])
+    assert sampling._shards(5, torch.device("cpu"), torch.float64) == [(0, 2), (2, 5)]
+    assert sampling._shards(1, torch.device("cpu"), torch.float64) == [(0, 1)]
+    assert sampling._shards(5, torch.device("cpu"), torch.bfloat16) == [(0, 5)]  # Python loop: no shards
+    workers = set()
+    advance = sampling._Shard.advance
+
+    def spy(self, *args):
+        workers.add(threading.current_thread().name)
+        return advance(self, *args)
+
+    monkeypatch.setattr(sampling._Shard, "advance", spy)
+    sharded = model.reverse(z, y, guidance=1.5, attn_temp=0.8)
+    assert len(workers) == 2 and all(name.startswith("tarflow-sampler") for name in workers)
+    monkeypatch.setattr(sampling, "CPU_SHARDS", 1)
+    workers.clear()
+    whole = model.reverse(z, y, guidance=1.5, attn_temp=0.8)
+    assert workers == {threading.current_thread().name}
+    torch.testing.assert_close(sharded, whole, atol=1e-13, rtol=1e-13)
+
+
+def test_sampler_workers_leave_the_thread_setting_alone(two_threads):
+    model = make_model(num_classes=3)
+    before = torch.get_num_threads()
+    model.reverse(_noise(model, 4), torch.tensor([0, 1, 2, 0]), guidance=1.0)
+    assert torch.get_num_threads() == before
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # takes up the default
+    t.start()
+    t.join()
+    assert seen == [before]
+
+
+def test_python_loop_when_torchscript_is_unavailable(monkeypatch):
+    def broken(fn):
+        raise RuntimeError("no TorchScript here")
+
+    monkeypatch.setattr(sampling, "_scripted", [])
+    monkeypatch.setattr(torch.jit, "script", broken)
+    assert sampling._scripted_loop() is None
+    model = make_model(num_classes=3, dtype=torch.float64)
+    z = _noise(model, 3).double()
+    y = torch.tensor([0, 1, 2])
+    want = oracle_reverse(model, z, y, 1.5, "ab", 1.0, False)
+    torch.testing.assert_close(model.reverse(z, y, guidance=1.5), want, **F64)
 
 
 def test_guidance_actually_changes_samples():
@@ -79,7 +148,7 @@ def test_guidance_zero_equals_unguided_and_input_is_untouched():
     assert torch.equal(z, z_copy)
 
 
-def test_concurrent_sampling_matches_sequential():
+def test_concurrent_sampling_matches_sequential(loop):
     model = make_model(num_classes=3, num_blocks=3)
     jobs = [(_noise(model, 4, seed=s), torch.tensor([s % 3] * 4), Guidance(0.5 * s, attn_temp=1 + 0.1 * s))
             for s in range(4)]
@@ -103,7 +172,7 @@ def test_concurrent_sampling_matches_sequential():
         torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
-def test_streaming_frames_per_block_and_within_blocks():
+def test_streaming_frames_per_block_and_within_blocks(loop):
     model = make_model(num_classes=3, num_blocks=3)  # 16 tokens per block
     z = _noise(model, 2)
     y = torch.tensor([0, 1])
