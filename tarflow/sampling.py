@@ -8,6 +8,7 @@ at its full length, per call.
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections import deque
@@ -32,7 +33,7 @@ CPU_SHARDS = 2
 
 _script_lock = threading.Lock()
 _scripted: list = []  # [the scripted token loop, or None when TorchScript is unavailable]
-_pool: list[ThreadPoolExecutor] = []
+_pool: dict[int, ThreadPoolExecutor] = {}  # by process id: a forked child starts its own workers
 
 
 def _scripted_loop() -> Callable | None:
@@ -60,7 +61,8 @@ def _one_intra_op_thread() -> None:
 def _worker_pool() -> ThreadPoolExecutor:
     """CPU_SHARDS worker threads, each with one intra-op thread."""
     with _script_lock:
-        if not _pool:
+        pid = os.getpid()
+        if pid not in _pool:
             threads = torch.get_num_threads()
             pool = ThreadPoolExecutor(CPU_SHARDS, thread_name_prefix="tarflow-sampler",
                                       initializer=_one_intra_op_thread)
@@ -69,8 +71,8 @@ def _worker_pool() -> ThreadPoolExecutor:
             # torch.set_num_threads also sets the default that threads started later take up:
             # put back this thread's value, leaving the workers at one.
             torch.set_num_threads(threads)
-            _pool.append(pool)
-        return _pool[0]
+            _pool[pid] = pool
+        return _pool[pid]
 
 
 def _shards(batch: int, device: torch.device, dtype: torch.dtype) -> list[tuple[int, int]]:

@@ -114,6 +114,31 @@ def test_sampler_workers_leave_the_thread_setting_alone(two_threads):
     assert seen == [before]
 
 
+def _sample_in_child(model, z, y, out):
+    out.put(model.reverse(z, y, guidance=1.0).numpy())
+
+
+def test_sharded_sampling_works_in_a_forked_child(two_threads):
+    """A forked child inherits the parent's worker pool object but not its threads."""
+    import multiprocessing
+
+    model = make_model(num_classes=3)
+    z, y = _noise(model, 4), torch.tensor([0, 1, 2, 0])
+    want = model.reverse(z, y, guidance=1.0)  # the parent's workers exist now
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_sample_in_child, args=(model, z, y, out))
+    child.start()
+    try:
+        got = out.get(timeout=30)  # a child waiting on threads it does not have would hang here
+        child.join(timeout=30)
+    finally:
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    torch.testing.assert_close(torch.from_numpy(got), want, atol=0, rtol=0)
+
+
 def test_python_loop_when_torchscript_is_unavailable(monkeypatch):
     def broken(fn):
         raise RuntimeError("no TorchScript here")
