@@ -180,11 +180,13 @@ class _BlockSampler:
         self.table = cast(torch.stack(table, dim=1))  # (T, passes, B, W)
         self.w_in = cast(p)
 
-        # Key/value cache for every layer, allocated once at full length: (layers, 2, rows * heads, T, hd).
+        # Key/value cache for every layer, allocated once at full length: (layers, T, 2, rows, heads * hd).
+        # Token i's keys and values are two contiguous (rows, heads * hd) blocks, so the products
+        # write straight into the cache; attention reads them through strided views.
         heads = [(lay.attention.num_heads, lay.attention.head_dim) for lay in block.attn_blocks]
         H, hd = heads[0] if heads else (1, 1)
         R = self.rows
-        self.kv = torch.empty(len(heads), 2, R * H, T, hd, device=device, dtype=dtype)
+        self.kv = torch.empty(len(heads), T, 2, R, H * hd, device=device, dtype=dtype)
 
         # Per layer: weights as the step uses them (transposed views, softmax scale folded into the
         # query projection), so a step does no re-arranging.
@@ -198,8 +200,9 @@ class _BlockSampler:
             W = H * hd
             self.layers.append((
                 cast(att.norm.weight), cast(att.norm.bias),
-                # queries and keys/values as two products: the query lands contiguous, per head
-                cast(b_qkv[:W]), cast(w_qkv[:W]).t(), cast(b_qkv[W:]), cast(w_qkv[W:]).t(),
+                # queries, keys and values as three products
+                cast(b_qkv[:W]), cast(w_qkv[:W]).t(), cast(b_qkv[W:2 * W]), cast(w_qkv[W:2 * W]).t(),
+                cast(b_qkv[2 * W:]), cast(w_qkv[2 * W:]).t(),
                 cast(att.proj.bias), cast(att.proj.weight).t(),
                 cast(mlp.norm.weight), cast(mlp.norm.bias),
                 cast(mlp.main[0].bias), cast(mlp.main[0].weight).t(),
@@ -243,7 +246,7 @@ class _BlockSampler:
 
         self.h = buffer(R, width)
         self.buf_in = buffer(batch, width)
-        self.buf_q, self.buf_kv, self.buf_o = buffer(R, H * hd), buffer(R, 2 * H * hd), buffer(R * H, 1, hd)
+        self.buf_q, self.buf_o = buffer(R, H * hd), buffer(R * H, 1, hd)
         self.buf_hidden, self.buf_out = buffer(R, hidden), buffer(R, out_dim)
         flat = buffer(R * H * T)
         self.buf_scores = [flat[: R * H * (i + 1)].view(R * H, 1, i + 1) for i in range(T)]
@@ -253,17 +256,16 @@ class _BlockSampler:
         if self.scripted is not None:
             self.script_args = (
                 self.table, self.w_in.t(), self.kv, [t for L in self.layers for t in L], self.h, self.buf_in,
-                self.buf_q, self.buf_kv, self.buf_o, self.buf_hidden, self.buf_out, flat, self.score_scale,
+                self.buf_q, self.buf_o, self.buf_hidden, self.buf_out, flat, self.score_scale,
                 self.weights, None if self.all_columns else self.guide_mask, self.w_out_t, self.b_out, H,
                 self.eps, bool(block.nvp),
             )
         else:
-            # Per-step views into each layer's cache for the Python loop: where token i's key and
-            # value go, and the keys (R*H, hd, i+1) and values (R*H, i+1, hd) that token i attends to.
+            # Per-step views into each layer's cache for the Python loop: the keys (R*H, hd, i+1)
+            # and values (R*H, i+1, hd) that token i attends to.
             self.cache_views = [(
-                [kv.view(2, R, H, T, hd)[:, :, :, i].transpose(0, 1) for i in range(T)],
-                [kv[0, :, : i + 1].transpose(1, 2) for i in range(T)],
-                [kv[1, :, : i + 1] for i in range(T)],
+                [kv[: i + 1, 0].view(i + 1, R * H, hd).permute(1, 2, 0) for i in range(T)],
+                [kv[: i + 1, 1].view(i + 1, R * H, hd).transpose(0, 1) for i in range(T)],
             ) for kv in self.kv]
 
     def run(self, seq: torch.Tensor, start: int, stop: int) -> None:
@@ -295,10 +297,12 @@ class _BlockSampler:
         addmm, bmm, norm = torch.addmm, torch.bmm, self._norm
         h = self.h  # the residual stream of both passes (R, W), updated in place
         torch.add(self.table[i], torch.mm(seq[i], self.w_in.t(), out=self.buf_in), out=h.view(-1, B, h.shape[1]))
-        for (ln1_w, ln1_b, b_q, w_q, b_kv, w_kv, b_proj, w_proj, ln2_w, ln2_b, b1, w1, b2, w2), \
-                (kv_slots, keys, values) in zip(self.layers, self.cache_views):
+        for (ln1_w, ln1_b, b_q, w_q, b_k, w_k, b_v, w_v, b_proj, w_proj, ln2_w, ln2_b, b1, w1, b2, w2), \
+                cache, (keys, values) in zip(self.layers, self.kv, self.cache_views):
             n = norm(h, ln1_w, ln1_b)
-            kv_slots[i].copy_(addmm(b_kv, n, w_kv, out=self.buf_kv).view(R, 2, H, hd))
+            slot = cache[i]  # token i's (2, R, H*hd) keys and values
+            addmm(b_k, n, w_k, out=slot[0])
+            addmm(b_v, n, w_v, out=slot[1])
             q = addmm(b_q, n, w_q, out=self.buf_q).view(R * H, 1, hd)
             scores = bmm(q, keys[i], out=self.buf_scores[i])  # (R*H, 1, i+1)
             if self.score_scale is not None:
