@@ -3,7 +3,8 @@
 Every call owns its sampling state (the key/value cache, the token buffer), so one model can
 serve several requests from several threads at once. Both guidance passes (conditional and
 unconditional) run as one batch of 2B rows, and each layer's key/value cache is allocated once,
-at its full length, per call.
+at its full length, per call. On a CPU the token loop runs as TorchScript, and the two halves of
+a batch are inverted at the same time on two worker threads (see CPU_SHARDS below).
 """
 
 from __future__ import annotations
