@@ -212,7 +212,7 @@ def default_classes(model: TarFlow) -> list[str]:
 def model_info(model_key: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
     """Load (once) the picked model; returns its description and controls set to its defaults:
     (card, classes, guidance, kind, attn_temp, sigma, denoise, num, condition, interp_condition,
-    add_noise)."""
+    add_noise, temperature)."""
     model = _model(model_key, progress)
     names = list(model.class_names) if model.num_classes else []
     rec = model.sampling
@@ -237,6 +237,7 @@ def model_info(model_key: str, progress: gr.Progress = gr.Progress(track_tqdm=Tr
         gr.update(choices=interp_choices, value=NO_LABEL),
         gr.update(value=model.noise_std > 0, interactive=model.noise_std > 0,
                   label=f"Add the training noise first (σ = {model.noise_std:g})"),
+        gr.update(value=float(rec.get("temperature", 1.0))),
     )
 
 
@@ -320,7 +321,7 @@ def generate(model_key: str, classes: list[str] | None, num: int, seed: int, gui
                 frame_scale = render.display_scale(native, FRAME_TARGET_PX)
             grid, _ = render.sample_grid(item.latent, scale=frame_scale)
             last = time.perf_counter()
-            yield (grid, _status(item, model, started, settings.temperature)) + skip
+            yield (grid, _status(item, model, started, settings.temperature_for(model))) + skip
     except FloatingPointError:
         raise gr.Error(f"Sampling overflowed: guidance {settings.guidance:g} is too strong for this model "
                        "(the values became infinite). Lower the guidance scale (try 1-4) or the prior "

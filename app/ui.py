@@ -76,7 +76,7 @@ def _initial() -> dict[str, Any]:
     start = {"key": key, "card": "", "classes": [], "class_choices": [], "guidance": 2.0, "kind": h.KIND_CLASS,
              "attn": 1.0, "sigma": 0.1, "denoise": True, "num": 16, "conditional": True,
              "condition_choices": [("Most likely class", h.AUTO), ("No label", h.NO_LABEL)],
-             "interp_choices": [("No label", h.NO_LABEL)], "noise": 0.0}
+             "interp_choices": [("No label", h.NO_LABEL)], "noise": 0.0, "temperature": 1.0}
     if key is None:
         start["card"] = ("No local model found: put one in `checkpoints/<name>/` or set `TARFLOW_MODELS_DIR`, "
                          "or pick a reference checkpoint above (downloaded on request).")
@@ -86,11 +86,12 @@ def _initial() -> dict[str, Any]:
     except (gr.Error, ModelLoadError) as e:
         start["card"] = f"Could not load {key}: {e}"
         return start
-    card, classes, guidance, kind, attn, sigma, denoise, num, condition, interp, _ = info
+    card, classes, guidance, kind, attn, sigma, denoise, num, condition, interp, _, temperature = info
     start.update(card=card, classes=classes["value"], class_choices=classes["choices"],
                  conditional=classes["interactive"], guidance=guidance["value"], kind=kind["value"],
                  attn=attn["value"], sigma=sigma["value"], denoise=denoise["value"], num=num["value"],
-                 condition_choices=condition["choices"], interp_choices=interp["choices"], noise=sigma["value"])
+                 condition_choices=condition["choices"], interp_choices=interp["choices"], noise=sigma["value"],
+                 temperature=temperature["value"])
     return start
 
 
@@ -160,7 +161,7 @@ def build_demo() -> gr.Blocks:
                                                   info="of the weak pass, for attention-temperature guidance")
                             annealed = gr.Checkbox(False, label="Annealed: w grows from 0 over each block")
                             guide_what = gr.Radio(h.GUIDE_WHAT, value="ab", label="Guide which outputs")
-                        temperature = gr.Slider(0.1, 1.5, value=1.0, step=0.05, label="Prior temperature",
+                        temperature = gr.Slider(0.1, 1.5, value=s["temperature"], step=0.05, label="Prior temperature",
                                                 info="z ~ N(0, T²): lower = smoother, less varied")
                         with gr.Row():
                             denoise = gr.Checkbox(s["denoise"], label="Denoise (one score step)")
@@ -273,7 +274,7 @@ def build_demo() -> gr.Blocks:
 
         # ---------------------------------------------------------------- events
         model_outputs = [card, classes, guidance, kind, attn_temp, sigma, denoise, num, condition, interp_cond,
-                         add_noise]
+                         add_noise, temperature]
         model.change(h.model_info, model, model_outputs, api_name="model_info", show_progress_on=card)
         denoise.change(lambda on: gr.update(visible=bool(on)), denoise, raw_col, api_visibility="private",
                        queue=False)

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guide-what", default="ab", choices=["ab", "a", "b"])
     s.add_argument("--attn-temp", type=float, default=None, help="attention temperature of the weak guidance pass")
     s.add_argument("--annealed", action="store_true", help="grow the guidance weight over each block")
-    s.add_argument("--temperature", type=float, default=1.0, help="prior temperature")
+    s.add_argument("--temperature", type=float, default=None,
+                   help="prior temperature (default: the model's recommended, else 1)")
     s.add_argument("--sigma", type=float, default=None, help="denoising noise level (default: training noise)")
     s.add_argument("--no-denoise", action="store_true")
     s.add_argument("--device", default="auto")

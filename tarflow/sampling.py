@@ -529,7 +529,7 @@ class SampleSettings:
     guide_what: str = "ab"
     attn_temp: float | None = None
     annealed: bool = False
-    temperature: float = 1.0  # prior temperature: z ~ N(0, temperature^2)
+    temperature: float | None = None  # prior temperature, z ~ N(0, T^2); None: the model's recommended (or 1)
     denoise: bool = True
     sigma: float | None = None  # None: the model's training noise level
 
@@ -540,6 +540,9 @@ class SampleSettings:
         if scale < 0:
             raise ValueError("guidance must be non-negative")
         return Guidance(float(scale), self.guide_what, float(temp), self.annealed)
+
+    def temperature_for(self, model: TarFlow) -> float:
+        return float(model.sampling.get("temperature", 1.0) if self.temperature is None else self.temperature)
 
 
 def prior_noise(model: TarFlow, num: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
@@ -559,7 +562,7 @@ def sample_stream(
     """Frames as the flow inverts, then one final Samples (denoised if asked)."""
     labels = resolve_labels(model, settings.classes, settings.num)
     guidance = settings.guidance_for(model)
-    z = prior_noise(model, settings.num, settings.seed, settings.temperature)
+    z = prior_noise(model, settings.num, settings.seed, settings.temperature_for(model))
     device = model.var.device
     y = labels.to(device) if model.num_classes else None
     frame = None

@@ -66,6 +66,7 @@ class TrainConfig:
     # recommended sampling, written into the exported model
     guidance: float = 2.0
     attn_temp: float = 1.0
+    temperature: float = 1.0  # prior temperature
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
@@ -178,7 +179,8 @@ def build_model(cfg: TrainConfig, image_size: int, channels: int, class_names: l
         num_classes=num_classes, head_dim=cfg.head_dim, expansion=cfg.expansion,
         noise_std=cfg.noise_std if cfg.noise == "gaussian" else 0.0,
         class_names=class_names if num_classes else None, dataset=cfg.dataset,
-        sampling={"guidance": cfg.guidance if num_classes else 0.0, "attn_temp": cfg.attn_temp},
+        sampling={"guidance": cfg.guidance if num_classes else 0.0, "attn_temp": cfg.attn_temp,
+                  "temperature": cfg.temperature},
     )
 
 

@@ -35,7 +35,7 @@ def make_tiny_models(root: Path) -> dict[str, Path]:
     "tiny-rgb" (8x8 RGB, unconditional, 2 blocks of 4 tokens)."""
     root = Path(root)
     cond = TarFlow(1, 8, 2, 32, 2, 1, num_classes=3, head_dim=16, noise_std=0.1, class_names=TINY_CLASSES,
-                   dataset="tiny", sampling={"guidance": 1.0})
+                   dataset="tiny", sampling={"guidance": 1.0, "temperature": 0.9})
     rgb = TarFlow(3, 8, 4, 32, 2, 1, num_classes=0, head_dim=16, noise_std=0.05, dataset="tiny-rgb",
                   sampling={"guidance": 0.0, "attn_temp": 1.5})
     paths = {"tiny-cond": root / "tiny-cond", "tiny-rgb": root / "tiny-rgb"}

@@ -59,7 +59,7 @@ def test_the_api_is_exactly_the_documented_endpoints(client):
 
 def test_model_info_describes_the_model(client):
     out = client.predict("tiny-cond", api_name="/model_info")
-    assert len(out) == 11
+    assert len(out) == 12
     assert "3 classes" in out[0] and "16 tokens" in out[0]
     assert [c[1] for c in out[1]["choices"]] == TINY_CLASSES
     with pytest.raises(AppError, match="Could not load the model"):

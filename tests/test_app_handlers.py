@@ -295,12 +295,14 @@ def test_drawing_becomes_a_file_and_blank_canvas_is_refused(tiny):
 
 
 def test_model_info_sets_controls_for_the_model(tiny):
-    card, classes, guidance, kind, attn, sigma, denoise, num, condition, interp, noise = h.model_info("tiny-cond", None)
+    card, classes, guidance, kind, attn, sigma, denoise, num, condition, interp, noise, temp = \
+        h.model_info("tiny-cond", None)
     assert "3 classes" in card and "8×8 grey" in card
     assert classes["choices"] == TINY_CLASSES and classes["interactive"]
     assert set(classes["value"]) <= set(TINY_CLASSES) and len(classes["value"]) == 2
     assert guidance["value"] == 1.0 and kind["value"] == "class" and sigma["value"] == 0.1
     assert noise["value"] and "σ = 0.1" in noise["label"]
+    assert temp["value"] == 0.9  # the model's recommended prior temperature
     card, classes, _, kind, attn, *_ = h.model_info("tiny-rgb", None)
     assert "unconditional" in card
     assert classes["value"] == [] and not classes["interactive"]

@@ -293,11 +293,16 @@ def test_sample_is_reproducible_and_labels_follow_classes():
 
 def test_sample_uses_recommended_settings():
     model = make_model(num_classes=3)
-    model.sampling = {"guidance": 1.5, "attn_temp": 1.0}
+    model.sampling = {"guidance": 1.5, "attn_temp": 1.0, "temperature": 0.8}
     rec = sample(model, SampleSettings(num=2, classes=0, denoise=False))
-    explicit = sample(model, SampleSettings(num=2, classes=0, guidance=1.5, denoise=False))
+    explicit = sample(model, SampleSettings(num=2, classes=0, guidance=1.5, temperature=0.8, denoise=False))
     torch.testing.assert_close(rec.images, explicit.images, atol=0, rtol=0)
     assert torch.equal(rec.images, rec.raw)
+    other = sample(model, SampleSettings(num=2, classes=0, guidance=1.5, temperature=1.0, denoise=False))
+    assert not torch.allclose(other.images, rec.images)
+    model.sampling = {"guidance": 1.5}  # no recommended temperature: 1
+    torch.testing.assert_close(sample(model, SampleSettings(num=2, classes=0, denoise=False)).images,
+                               other.images, atol=0, rtol=0)
 
 
 def test_sample_stream_ends_with_samples_and_reports_overflow():

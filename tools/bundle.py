@@ -116,6 +116,8 @@ def main() -> None:
     params = sum(x.numel() for x in model.parameters())
     hardware = args.hardware or f"{cpu_name()}, {torch.get_num_threads()}-thread torch, no GPU"
     guidance = model.sampling.get("guidance", 0.0)
+    temperature = float(model.sampling.get("temperature", 1.0))
+    at = f"guidance {guidance}" + (f" and prior temperature {temperature:g}" if temperature != 1 else "")
     n_train = len(data.split("train"))
     passes = stats["steps"] * cfg.batch_size / n_train
     noisy_bpd = bpd.get("noisy_bpd", float("nan"))
@@ -155,7 +157,8 @@ patch {model.patch_size} ({model.num_tokens} tokens of {model.token_dim} values)
 noise sigma = {model.noise_std}. Weights are the EMA (decay {cfg.ema_decay}, warmed up) of the training run{
  ", stored in float16 to halve the download and loaded as float32; all numbers here are for the stored weights"
  if args.half else ""}.
-Recommended sampling: guidance {guidance} on a and b (class vs. no-class), denoising on.
+Recommended sampling: guidance {guidance} on a and b (class vs. no-class){
+ f", prior temperature {temperature:g} (z ~ N(0, {temperature:g}^2 I))" if temperature != 1 else ""}, denoising on.
 
 ## Training
 ```
@@ -180,7 +183,7 @@ noise itself. Train with `"noise": "uniform"` for a bits/dim model.
 
 Sample quality, judged by a small CNN trained only on the training split
 (`benchmarks/quality.py`, held-out accuracy {judge_acc:.1%}),
-{n} samples ({args.per_class} per class) at guidance {guidance}:
+{n} samples ({args.per_class} per class) at {at}:
 
 | images | class-consistent | Frechet distance (judge features) |
 | --- | --- | --- |
