@@ -177,7 +177,8 @@ def main() -> None:
     p.add_argument("--dataset", default=None, help="default: the model's dataset")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--per-class", type=int, default=100)
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's recommended")
+    p.add_argument("--temperature", type=float, default=None, help="prior temperature (default: the model's)")
     p.add_argument("--no-denoise", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true", help="retrain the judge")
@@ -201,7 +202,8 @@ def main() -> None:
 
     t = time.time()
     classes = [c for c in range(model.num_classes) for _ in range(args.per_class)] if model.num_classes else None
-    s = SampleSettings(num=n, classes=classes, seed=args.seed, guidance=args.guidance, denoise=not args.no_denoise)
+    s = SampleSettings(num=n, classes=classes, seed=args.seed, guidance=args.guidance, temperature=args.temperature,
+                       denoise=not args.no_denoise)
     out = sample(model, s)
     secs = time.time() - t
     gen = out.images.clamp(-1, 1)
@@ -216,6 +218,7 @@ def main() -> None:
         rows["real, class-balanced"] = (accuracy(judge, to_float(x_train_u8[fair]), y_train[fair]), float("nan"))
     g_used = s.guidance_for(model)
     print(f"model {args.model} on {dataset}: {n} samples at guidance {g_used.scale}, "
+          f"prior temperature {s.temperature_for(model):g}, "
           f"denoise {not args.no_denoise}, drawn in {secs:.1f}s; judged against {len(xt)} held-out images")
     print(f"{'':22s} {'class-consistent':>16s} {'Frechet distance':>17s}")
     for name, (acc, fd) in rows.items():

@@ -196,7 +196,8 @@ The real rows follow the data's class mix, like the held-out images; the samples
 {args.per_class} per class. On class-balanced real training images ({args.per_class} per class, or all of a
 smaller class) the judge is right {balanced_acc:.1%} of the time{judge_bal}.
 
-Reproduce: `python benchmarks/quality.py --model checkpoints/{args.name}` and
+Reproduce: `python benchmarks/quality.py --model checkpoints/{args.name}{
+ f" --per-class {args.per_class}" if args.per_class != 100 else ""}` and
 `python -m tarflow eval --model checkpoints/{args.name}`.
 """
     (out / "README.md").write_text(card)
