@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,18 @@ class Judge(nn.Module):
         return self.head(self.body(x))
 
 
+@contextmanager
+def one_thread():
+    """The judge's small convolutions run faster on one thread than on two here. Only the judge runs
+    like that: sampling keeps the process's threads (it inverts two halves of a batch side by side)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def balanced_pick(labels: torch.Tensor, per_class: int, seed: int = 1) -> torch.Tensor:
     """Indices of up to ``per_class`` random images of every class: real-image yardsticks with the
     same class mix as the samples (emoji categories are far from balanced)."""
@@ -95,19 +108,20 @@ def train_judge(dataset: str, data_dir: str, epochs: int | None = None) -> Judge
     steps = epochs * (len(x) // 128)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     t = time.time()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x) - 127, 128):
-            idx = perm[i : i + 128]
-            xb = shift(x[idx], g)
-            if hflip:
-                flip = torch.rand(len(idx), generator=g) < 0.5
-                xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
-            loss = F.cross_entropy(judge(xb), y[idx], weight=weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    with one_thread():
+        for _ in range(epochs):
+            perm = torch.randperm(len(x), generator=g)
+            for i in range(0, len(x) - 127, 128):
+                idx = perm[i : i + 128]
+                xb = shift(x[idx], g)
+                if hflip:
+                    flip = torch.rand(len(idx), generator=g) < 0.5
+                    xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+                loss = F.cross_entropy(judge(xb), y[idx], weight=weight)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
     judge.eval()
     acc, bal = accuracy(judge, xt, yt), balanced_accuracy(judge, xt, yt)
     print(f"trained the {dataset} judge in {time.time() - t:.0f}s: held-out accuracy {acc:.2%}, "
@@ -137,7 +151,8 @@ def load_judge(dataset: str, data_dir: str, retrain: bool = False, epochs: int |
 
 @torch.no_grad()
 def predict(judge: Judge, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([judge(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)])
+    with one_thread():
+        return torch.cat([judge(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)])
 
 
 def accuracy(judge: Judge, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -152,7 +167,8 @@ def balanced_accuracy(judge: Judge, x: torch.Tensor, y: torch.Tensor) -> float:
 
 @torch.no_grad()
 def features(judge: Judge, x: torch.Tensor) -> np.ndarray:
-    return torch.cat([judge.features(x[i : i + 500]) for i in range(0, len(x), 500)]).double().numpy()
+    with one_thread():
+        return torch.cat([judge.features(x[i : i + 500]) for i in range(0, len(x), 500)]).double().numpy()
 
 
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
@@ -185,7 +201,6 @@ def main() -> None:
     p.add_argument("--judge-epochs", type=int, default=None, help="with --retrain (default: JUDGE_RECIPES)")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     args = p.parse_args()
-    torch.set_num_threads(1)  # small convolutions run faster on one thread here than on two
 
     model = load_model(args.model)
     dataset = args.dataset or model.dataset

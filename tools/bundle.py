@@ -67,7 +67,6 @@ def main() -> None:
     p.add_argument("--half", action="store_true",
                    help="store the weights in float16 (half the size; loaded and run in float32)")
     args = p.parse_args()
-    torch.set_num_threads(1)
 
     run, out = Path(args.run), ROOT / "checkpoints" / args.name
     out.mkdir(parents=True, exist_ok=True)
