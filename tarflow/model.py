@@ -281,6 +281,15 @@ class TarFlow(
                 logdets = logdets - at_least_fp32(a).mean(dim=(1, 2))
         return z, outputs, logdets
 
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Image (B, C, H, W) -> its standard-normal latent (B, T, D), the mirror of ``reverse``.
+
+        ``forward`` returns the flow's output, whose prior is N(0, var); dividing by the prior's
+        standard deviation gives the latent that ``reverse`` takes (in affine mode var is ones).
+        """
+        z, _, _ = self.trace(x, y)
+        return z / self.var.sqrt().to(z.dtype)
+
     def get_loss(self, z: torch.Tensor, logdets: torch.Tensor) -> torch.Tensor:
         """Training loss: negative log-likelihood per dimension, up to constants."""
         return 0.5 * at_least_fp32(z).pow(2).mean() - logdets.mean()

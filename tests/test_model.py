@@ -120,3 +120,15 @@ def test_bad_image_shape_is_a_clear_error():
     with pytest.raises(ValueError, match="not a multiple of the patch size"):
         TarFlow(1, 9, 2, 32, 1, 1)
     assert math.isclose(model.num_dims, 64)
+
+
+def test_encode_is_the_standard_normal_latent_that_reverse_inverts():
+    torch.manual_seed(0)
+    model = TarFlow(1, 8, 4, 32, 2, 1, nvp=False, num_classes=3, head_dim=16).double().eval()
+    model.var.copy_(torch.rand_like(model.var) + 0.5)  # a VP prior with unequal variances
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    y = torch.tensor([0, 2])
+    z = model.encode(x, y)
+    raw, _, _ = model(x, y)
+    torch.testing.assert_close(z * model.var.sqrt(), raw)
+    torch.testing.assert_close(model.reverse(z, y), x)
