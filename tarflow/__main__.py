@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     d = sub.add_parser("prepare-data", help="build the cached array file of a dataset")
-    d.add_argument("name", help="mnist, fashion-mnist, emoji, or a folder with one sub-folder per class")
+    d.add_argument("name", help="mnist, fashion-mnist, emoji, emoji2, or a folder with one sub-folder per class")
     d.add_argument("--out", default="data")
     d.add_argument("--source", default=None, help="where the raw source lies (default: the usual places)")
     d.add_argument("--size", type=int, default=None, help="image size (default: 32 for folders, native otherwise)")

