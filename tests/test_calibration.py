@@ -1,0 +1,101 @@
+"""Calibrated classification by likelihood: temperature fit, ECE, margins, noise averaging."""
+
+import math
+
+import pytest
+import torch
+from helpers import images, make_model
+
+from tarflow.calibration import (
+    Calibration,
+    balanced_accuracy,
+    calibrate,
+    expected_calibration_error,
+    fit_temperature,
+    margins_bits,
+    nll_of_labels,
+    noisy_class_log_likelihoods,
+    posterior,
+)
+from tarflow.likelihood import class_log_likelihoods, log_prob
+
+
+def _synthetic(true_t: float, n: int = 20000, k: int = 5, seed: int = 0):
+    """Scores whose labels are drawn from softmax(scores / true_t): the fit should find true_t."""
+    g = torch.Generator().manual_seed(seed)
+    scores = 20 * torch.randn(n, k, generator=g, dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(scores / true_t, dim=1), 1, generator=g).view(-1)
+    return scores, labels
+
+
+@pytest.mark.parametrize("true_t", [0.5, 8.0, 60.0])
+def test_fit_temperature_recovers_the_temperature_labels_were_drawn_with(true_t):
+    scores, labels = _synthetic(true_t)
+    assert fit_temperature(scores, labels) == pytest.approx(true_t, rel=0.1)
+
+
+def test_fit_temperature_is_the_minimum_of_a_dense_grid():
+    scores, labels = _synthetic(5.0, n=2000)
+    grid = torch.logspace(-1, 3, 2001, dtype=torch.float64)
+    best = min(grid.tolist(), key=lambda t: nll_of_labels(scores, labels, t))
+    fitted = fit_temperature(scores, labels)
+    assert nll_of_labels(scores, labels, fitted) <= nll_of_labels(scores, labels, best) + 1e-9
+    assert fitted == pytest.approx(best, rel=0.01)
+
+
+def test_ece_analytic_cases():
+    labels = torch.zeros(10, dtype=torch.long)
+    # confidence 0.9 everywhere, right 9 times in 10: perfectly calibrated
+    probs = torch.tensor([[0.9, 0.1]] * 9 + [[0.1, 0.9]], dtype=torch.float64)
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.0, abs=1e-12)
+    # certain everywhere, right half the time: off by one half
+    probs = torch.tensor([[1.0, 0.0]] * 5 + [[0.0, 1.0]] * 5, dtype=torch.float64)
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.5)
+    # two bins: 0.6 confident and right (off by 0.4), 0.95 confident and wrong (off by 0.95)
+    probs = torch.tensor([[0.6, 0.4], [0.05, 0.95]], dtype=torch.float64)
+    assert expected_calibration_error(probs, torch.tensor([0, 0])) == pytest.approx((0.4 + 0.95) / 2)
+
+
+def test_balanced_accuracy_weighs_classes_equally():
+    scores = torch.tensor([[1.0, 0.0]] * 8 + [[1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0] * 8 + [1, 1])
+    assert balanced_accuracy(scores, labels) == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_margins_are_bits_behind_the_winner_and_posterior_is_softmax():
+    ll = torch.tensor([[0.0, -math.log(2), -3 * math.log(2)]], dtype=torch.float64)
+    torch.testing.assert_close(margins_bits(ll), torch.tensor([[0.0, 1.0, 3.0]], dtype=torch.float64))
+    p = posterior(ll, temperature=1.0)
+    torch.testing.assert_close(p, torch.tensor([[8 / 13, 4 / 13, 1 / 13]], dtype=torch.float64))
+    # a temperature flattens without reordering
+    p2 = posterior(ll, temperature=4.0)
+    assert p2.argmax() == 0 and p2.max() < p.max()
+
+
+def test_calibration_lowers_ece_of_an_overconfident_classifier_and_round_trips(tmp_path):
+    scores, labels = _synthetic(30.0, n=4000)  # scores 30x too sharp
+    cal = calibrate(scores, labels)
+    assert cal.temperature == pytest.approx(30.0, rel=0.15)
+    assert cal.ece_after < cal.ece_before / 3
+    assert cal.mean_confidence_after < cal.mean_confidence_before
+    assert cal.accuracy == pytest.approx(float((scores.argmax(1) == labels).double().mean()))
+    cal.save(tmp_path)
+    assert Calibration.load(tmp_path) == cal
+    assert Calibration.load(tmp_path / "missing") is None
+    (tmp_path / "calibration.json").write_text("{not json")
+    assert Calibration.load(tmp_path) is None
+
+
+def test_noise_averaged_scores_are_the_mean_over_noisy_copies():
+    model = make_model(num_classes=3, dtype=torch.float64)
+    x = images(model, n=2)
+    torch.testing.assert_close(noisy_class_log_likelihoods(model, x, draws=0), class_log_likelihoods(model, x))
+    model.noise_std = 0.1
+    got = noisy_class_log_likelihoods(model, x, draws=2, seed=3)
+    g = torch.Generator().manual_seed(3)
+    want = torch.zeros(2, 3, dtype=torch.float64)
+    for _ in range(2):
+        noisy = x + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float32).double()
+        for k in range(3):
+            want[:, k] += log_prob(model, noisy, torch.full((2,), k)) / 2
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
