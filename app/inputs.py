@@ -1,4 +1,4 @@
-"""User images in, model-sized arrays out: safe decoding and fitting, with each step recorded.
+"""User images in, model-sized arrays and inputs out: safe decoding and fitting, each step recorded.
 
 Decoding is defensive because uploads are untrusted: the size is read from the header before any
 pixels are decoded, so a 20000 x 20000 image (or a decompression bomb) is refused, or for JPEG
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Largest image decoded at full size: 40 MP is ~120 MB as RGB, enough for any photo. Larger JPEGs
@@ -212,3 +213,11 @@ def sketch_to_image(value: object) -> Image.Image:
     if arr.ndim == 3 and arr.shape[-1] == 4:
         return to_8bit(Image.fromarray(arr, "RGBA"))
     return to_8bit(Image.fromarray(arr.squeeze()))
+
+
+def to_model(x8: np.ndarray, model: torch.nn.Module) -> torch.Tensor:
+    """uint8 (H, W, C) -> the model's input (1, C, H, W): pixel centres in [-1, 1], on the model's
+    device and in its dtype (float64 pixels stay exact for a float64 model)."""
+    param = next(model.parameters())
+    x = (torch.from_numpy(x8.astype(np.float64)) + 0.5) / 128.0 - 1.0
+    return x.permute(2, 0, 1)[None].to(device=param.device, dtype=param.dtype)

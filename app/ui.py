@@ -13,10 +13,11 @@ from typing import Any
 
 import gradio as gr
 
-from app import handlers as h
+from app import checks, picker
 from app.components import SafeImage
 from app.gpu import on_gpu
 from app.models import ModelLoadError, default_key, pick_device
+from app.tabs import generate, interpolate, invert
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -73,16 +74,16 @@ def queue_size() -> int:
 def _initial() -> dict[str, Any]:
     """Control values for the default model, so the page opens ready (no round trip)."""
     key = default_key()
-    start = {"key": key, "card": "", "classes": [], "class_choices": [], "guidance": 2.0, "kind": h.KIND_CLASS,
+    start = {"key": key, "card": "", "classes": [], "class_choices": [], "guidance": 2.0, "kind": generate.KIND_CLASS,
              "attn": 1.0, "sigma": 0.1, "denoise": True, "num": 16, "conditional": True,
-             "condition_choices": [("Most likely class", h.AUTO), ("No label", h.NO_LABEL)],
-             "interp_choices": [("No label", h.NO_LABEL)], "noise": 0.0, "temperature": 1.0}
+             "condition_choices": [("Most likely class", checks.AUTO), ("No label", checks.NO_LABEL)],
+             "interp_choices": [("No label", checks.NO_LABEL)], "noise": 0.0, "temperature": 1.0}
     if key is None:
         start["card"] = ("No local model found: put one in `checkpoints/<name>/` or set `TARFLOW_MODELS_DIR`, "
                          "or pick a reference checkpoint above (downloaded on request).")
         return start
     try:
-        info = h.model_info(key, progress=None)
+        info = picker.model_info(key, progress=None)
     except (gr.Error, ModelLoadError) as e:
         start["card"] = f"Could not load {key}: {e}"
         return start
@@ -122,7 +123,7 @@ def _invert_if_image(model: str, image: str | None, condition: str, precision: s
     """Invert as soon as an image arrives; clearing the input changes nothing."""
     if not image:
         return (gr.skip(),) * 9
-    return h.invert(model, image, condition, precision, add_noise, progress)
+    return invert.invert(model, image, condition, precision, add_noise, progress)
 
 
 def build_demo() -> gr.Blocks:
@@ -133,7 +134,7 @@ def build_demo() -> gr.Blocks:
                 f"<p>{TAGLINE}</p></div>")
         with gr.Row(equal_height=True):
             model = gr.Dropdown(
-                h.model_choices(), value=s["key"], label="Model", allow_custom_value=True, scale=2,
+                picker.model_choices(), value=s["key"], label="Model", allow_custom_value=True, scale=2,
                 info="bundled, a listed reference checkpoint (downloaded when picked), or type a folder / Hub id",
             )
             card = gr.Markdown(s["card"], elem_classes="tf-card")
@@ -148,19 +149,20 @@ def build_demo() -> gr.Blocks:
                             label="Classes", interactive=s["conditional"],
                             info="cycled over the images; none = no label",
                         )
-                        num = gr.Slider(1, h.MAX_IMAGES, value=s["num"], step=1, label="Number of images")
+                        num = gr.Slider(1, generate.MAX_IMAGES, value=s["num"], step=1, label="Number of images")
                         with gr.Row(equal_height=True):
                             seed = gr.Number(0, label="Seed", precision=None, step=1, scale=3)
                             dice = gr.Button("Random", scale=1, min_width=70, size="sm")
-                        guidance = gr.Slider(0, h.MAX_GUIDANCE, value=s["guidance"], step=0.1, label="Guidance scale w",
+                        guidance = gr.Slider(0, generate.MAX_GUIDANCE, value=s["guidance"], step=0.1,
+                                             label="Guidance scale w",
                                              info="0 = plain sampling; 1-4 typical; too high overflows")
                         with gr.Accordion("Guidance kind", open=False):
-                            kind = gr.Radio(h.GUIDANCE_KINDS, value=s["kind"], label="Guide against",
+                            kind = gr.Radio(generate.GUIDANCE_KINDS, value=s["kind"], label="Guide against",
                                             info="the weak prediction that w pushes away from")
                             attn_temp = gr.Slider(0.1, 4, value=s["attn"], step=0.05, label="Attention temperature",
                                                   info="of the weak pass, for attention-temperature guidance")
                             annealed = gr.Checkbox(False, label="Annealed: w grows from 0 over each block")
-                            guide_what = gr.Radio(h.GUIDE_WHAT, value="ab", label="Guide which outputs")
+                            guide_what = gr.Radio(generate.GUIDE_WHAT, value="ab", label="Guide which outputs")
                         temperature = gr.Slider(0.1, 1.5, value=s["temperature"], step=0.05, label="Prior temperature",
                                                 info="z ~ N(0, T²): lower = smoother, less varied")
                         with gr.Row():
@@ -214,13 +216,13 @@ def build_demo() -> gr.Blocks:
                                                       brush=gr.Brush(default_size=22, colors=["#111111"],
                                                                      color_mode="fixed"))
                                 use_drawing = gr.Button("Invert this drawing")
-                        condition = gr.Dropdown(s["condition_choices"], value=h.AUTO if s["conditional"] else
-                                                h.NO_LABEL, label="Condition on", allow_custom_value=True,
+                        condition = gr.Dropdown(s["condition_choices"], value=checks.AUTO if s["conditional"] else
+                                                checks.NO_LABEL, label="Condition on", allow_custom_value=True,
                                                 info="the label y used by every block")
                         add_noise = gr.Checkbox(s["noise"] > 0, interactive=s["noise"] > 0,
                                                 label=f"Add the training noise first (σ = {s['noise']:g})",
                                                 info="the flow maps noisy images to N(0, I); clean ones land near 0")
-                        precision = gr.Radio(h.PRECISIONS, value="float32", label="Precision")
+                        precision = gr.Radio(invert.PRECISIONS, value="float32", label="Precision")
                         invert_btn = gr.Button("Invert", variant="primary")
                     with gr.Column(scale=2, min_width=420):
                         steps_img = _figure("1 · Fitted to the model's size and channels", elem_id="tf-fitted",
@@ -245,9 +247,10 @@ def build_demo() -> gr.Blocks:
                     image_b = SafeImage(label="B", type="filepath", image_mode=None, height=180,
                                         sources=["upload", "clipboard"], elem_classes="tf-input", elem_id="tf-b")
                     with gr.Column(min_width=240):
-                        interp_steps = gr.Slider(2, h.MAX_INTERPOLATION_STEPS, value=8, step=1, label="Points")
-                        interp_path = gr.Radio(h.PATHS, value="slerp", label="Path")
-                        interp_cond = gr.Dropdown(s["interp_choices"], value=h.NO_LABEL, label="Label",
+                        interp_steps = gr.Slider(2, interpolate.MAX_INTERPOLATION_STEPS, value=8, step=1,
+                                                 label="Points")
+                        interp_path = gr.Radio(interpolate.PATHS, value="slerp", label="Path")
+                        interp_cond = gr.Dropdown(s["interp_choices"], value=checks.NO_LABEL, label="Label",
                                                   allow_custom_value=True)
                         interp_btn = gr.Button("Interpolate", variant="primary")
                 if _pairs():
@@ -275,26 +278,28 @@ def build_demo() -> gr.Blocks:
         # ---------------------------------------------------------------- events
         model_outputs = [card, classes, guidance, kind, attn_temp, sigma, denoise, num, condition, interp_cond,
                          add_noise, temperature]
-        model.change(h.model_info, model, model_outputs, api_name="model_info", show_progress_on=card)
+        model.change(picker.model_info, model, model_outputs, api_name="model_info", show_progress_on=card)
         denoise.change(lambda on: gr.update(visible=bool(on)), denoise, raw_col, api_visibility="private",
                        queue=False)
         dice.click(None, None, seed, js="() => Math.floor(Math.random() * 1000000)")
 
         gen_outputs = [samples, status, raw, strip, heat, heat_md, download, run_id, pick]
-        run.click(on_gpu(h.generate), [model, classes, num, seed, guidance, kind, attn_temp, annealed, guide_what,
-                                       temperature, denoise, sigma, slow],
-                  gen_outputs, api_name="generate", show_progress_on=status, **heavy)
-        pick.release(on_gpu(h.inspect), [run_id, pick], [strip, heat, heat_md], api_name="inspect")
-        samples.select(h.pick_from_grid, run_id, pick, api_visibility="private").then(
-            on_gpu(h.inspect), [run_id, pick], [strip, heat, heat_md], api_visibility="private")
+        gen_inputs = [model, classes, num, seed, guidance, kind, attn_temp, annealed, guide_what, temperature, denoise,
+                      sigma, slow]
+        run.click(on_gpu(generate.generate), gen_inputs, gen_outputs, api_name="generate", show_progress_on=status,
+                  **heavy)
+        pick.release(on_gpu(generate.inspect), [run_id, pick], [strip, heat, heat_md], api_name="inspect")
+        samples.select(generate.pick_from_grid, run_id, pick, api_visibility="private").then(
+            on_gpu(generate.inspect), [run_id, pick], [strip, heat, heat_md], api_visibility="private")
 
         inv_outputs = [steps_img, forward, hist, back, recon_md, inv_heat, inv_heat_md, posterior, posterior_md]
         inv_inputs = [model, image, condition, precision, add_noise]
-        invert_btn.click(on_gpu(h.invert), inv_inputs, inv_outputs, api_name="invert", **heavy)
+        invert_btn.click(on_gpu(invert.invert), inv_inputs, inv_outputs, api_name="invert", **heavy)
         image.change(on_gpu(_invert_if_image), inv_inputs, inv_outputs, api_visibility="private", **heavy)
-        use_drawing.click(h.drawing_to_file, sketch, image, api_visibility="private")
-        interp_btn.click(on_gpu(h.interpolate), [model, image_a, image_b, interp_steps, interp_path, interp_cond],
-                         [interp_strip, interp_md], api_name="interpolate", **heavy)
+        use_drawing.click(invert.drawing_to_file, sketch, image, api_visibility="private")
+        interp_inputs = [model, image_a, image_b, interp_steps, interp_path, interp_cond]
+        interp_btn.click(on_gpu(interpolate.interpolate), interp_inputs, [interp_strip, interp_md],
+                         api_name="interpolate", **heavy)
     return demo
 
 

@@ -49,39 +49,40 @@ def generate_args(model: str, num: int, classes: list[str], seed: int) -> list:
 
 
 def direct(model: str, num: int, repeats: int) -> dict[str, list[float]]:
-    from app import handlers as h
     from app.models import MODELS
+    from app.picker import default_classes
+    from app.tabs import generate, invert
 
     m = MODELS.get(model)
-    classes = h.default_classes(m)
+    classes = default_classes(m)
     args = generate_args(model, num, classes, 0)
     args[11] = m.noise_std
     noop = lambda *a, **k: None  # noqa: E731
-    list(h.generate(*args, progress=noop))  # warm-up: first-call allocations
+    list(generate.generate(*args, progress=noop))  # warm-up: first-call allocations
     out: dict[str, list[float]] = {"first frame": [], "16 images": [], "16 images, no pacing": [], "heatmap": [],
                                    "invert": []}
     for r in range(repeats):
         args[3] = r
         t = time.perf_counter()
-        stream = h.generate(*args, progress=noop)
+        stream = generate.generate(*args, progress=noop)
         next(stream)
         out["first frame"].append(time.perf_counter() - t)
         *_, final = stream
         out["16 images"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        h.inspect(final[7], 1 + r % num)
+        generate.inspect(final[7], 1 + r % num)
         out["heatmap"].append(time.perf_counter() - t)
         example = ROOT / "assets" / "examples" / "mnist-3.png"
         t = time.perf_counter()
-        h.invert(model, str(example), "auto", "float32", progress=noop)
+        invert.invert(model, str(example), "auto", "float32", progress=noop)
         out["invert"].append(time.perf_counter() - t)
-    interval, h.FRAME_INTERVAL = h.FRAME_INTERVAL, 0.0
+    interval, generate.FRAME_INTERVAL = generate.FRAME_INTERVAL, 0.0
     for r in range(repeats):
         args[3] = r
         t = time.perf_counter()
-        list(h.generate(*args, progress=noop))
+        list(generate.generate(*args, progress=noop))
         out["16 images, no pacing"].append(time.perf_counter() - t)
-    h.FRAME_INTERVAL = interval
+    generate.FRAME_INTERVAL = interval
     return out
 
 

@@ -17,8 +17,8 @@ import torch
 from app_models import TINY_CLASSES, make_tiny_models
 from PIL import Image, ImageDraw
 
-from app import handlers as h
-from app import inputs, models, render
+from app import inputs, models, picker, render, runs
+from app.tabs import generate, interpolate, invert
 from tarflow.likelihood import noise_bits
 from tarflow.sampling import slerp
 
@@ -34,11 +34,11 @@ def tiny(tmp_path_factory):
     """Tiny models in TARFLOW_MODELS_DIR for this module; no pacing between streamed frames."""
     root = tmp_path_factory.mktemp("models")
     make_tiny_models(root)
-    old_dir, old_interval = os.environ.get("TARFLOW_MODELS_DIR"), h.FRAME_INTERVAL
+    old_dir, old_interval = os.environ.get("TARFLOW_MODELS_DIR"), generate.FRAME_INTERVAL
     os.environ["TARFLOW_MODELS_DIR"] = str(root)
-    h.FRAME_INTERVAL = 0.0
+    generate.FRAME_INTERVAL = 0.0
     yield root
-    h.FRAME_INTERVAL = old_interval
+    generate.FRAME_INTERVAL = old_interval
     if old_dir is None:
         os.environ.pop("TARFLOW_MODELS_DIR", None)
     else:
@@ -53,7 +53,7 @@ def gen_args(**over):
 
 
 def run_generate(**over):
-    return list(h.generate(**gen_args(**over), progress=noop))
+    return list(generate.generate(**gen_args(**over), progress=noop))
 
 
 # ---------------------------------------------------------------------------------------------- generate
@@ -131,7 +131,7 @@ def test_bad_generate_inputs_get_clear_errors(tiny, over, message):
 
 def test_overflowing_guidance_is_reported_with_advice(tiny):
     with pytest.raises(gr.Error) as err:
-        run_generate(classes=["square"], guidance=h.MAX_GUIDANCE)  # this tiny model overflows from w = 15
+        run_generate(classes=["square"], guidance=generate.MAX_GUIDANCE)  # this tiny model overflows from w = 15
     assert "overflowed" in err.value.message and "Lower the guidance" in err.value.message
     assert run_generate()[-1][1].startswith("**Done**")  # and the next request works
 
@@ -139,28 +139,28 @@ def test_overflowing_guidance_is_reported_with_advice(tiny):
 def test_inspect_and_grid_clicks(tiny):
     final = run_generate(num=5)[-1]
     run_id = final[7]
-    strip, heat, caption = h.inspect(run_id, 3)
+    strip, heat, caption = generate.inspect(run_id, 3)
     assert caption.startswith("**Image 3**") and "bits/dim" in caption
     bpd = float(re.search(r"\*\*([\d.]+) bits/dim", caption).group(1))
     assert 0 < bpd < 64
     with pytest.raises(gr.Error, match="Image number must be between 1 and 5"):
-        h.inspect(run_id, 6)
+        generate.inspect(run_id, 6)
     with pytest.raises(gr.Error, match="no longer kept"):
-        h.inspect("unknown-run", 1)
+        generate.inspect("unknown-run", 1)
 
     class Click:
         def __init__(self, x, y):
             self.index = (x, y)
 
-    scale = h.RUNS.get(run_id).scale
+    scale = runs.RUNS.get(run_id).scale
     # image 5 is the second of the second row (3 per row): cell origin at 2 + (10, 10) px, native
-    assert h.pick_from_grid(run_id, Click((2 + 10 + 3) * scale, (2 + 10 + 3) * scale)) == 5
-    assert h.pick_from_grid(run_id, Click(1, 1)) is not None  # a gutter: no change
-    assert not isinstance(h.pick_from_grid(run_id, Click(1, 1)), int)
+    assert generate.pick_from_grid(run_id, Click((2 + 10 + 3) * scale, (2 + 10 + 3) * scale)) == 5
+    assert generate.pick_from_grid(run_id, Click(1, 1)) is not None  # a gutter: no change
+    assert not isinstance(generate.pick_from_grid(run_id, Click(1, 1)), int)
 
 
 def test_run_store_drops_old_runs_and_their_files(tiny, tmp_path):
-    store = h.RunStore(capacity=2)
+    store = runs.RunStore(capacity=2)
     files = []
     ids = []
     for k in range(3):
@@ -168,7 +168,7 @@ def test_run_store_drops_old_runs_and_their_files(tiny, tmp_path):
         f.parent.mkdir()
         f.write_bytes(b"x")
         files.append(f)
-        run = h.RUNS.get(run_generate(num=1)[-1][7])
+        run = runs.RUNS.get(run_generate(num=1)[-1][7])
         run.files = [f]
         ids.append(store.put(run))
     assert len(store) == 2
@@ -189,7 +189,7 @@ def recon_error(md: str) -> float:
 
 @pytest.mark.parametrize("precision, bound", [("float32", 1e-4), ("float64", 1e-12)])
 def test_invert_reconstructs_to_rounding(tiny, precision, bound):
-    out = h.invert("tiny-cond", str(EXAMPLES / "mnist-3.png"), "auto", precision, progress=noop)
+    out = invert.invert("tiny-cond", str(EXAMPLES / "mnist-3.png"), "auto", precision, progress=noop)
     assert len(out) == 9
     assert recon_error(out[4]) < bound
     assert precision in out[4]
@@ -205,7 +205,7 @@ def test_invert_bits_per_dim_matches_the_core(tiny):
     x = (torch.from_numpy(fitted.array.astype(np.float32)).permute(2, 0, 1)[None] + 0.5) / 128 - 1
     with torch.no_grad():
         expected = float(bits_per_dim(model, x, torch.tensor([1])))
-    out = h.invert("tiny-cond", str(EXAMPLES / "mnist-7.png"), "square", "float32", False, progress=noop)
+    out = invert.invert("tiny-cond", str(EXAMPLES / "mnist-7.png"), "square", "float32", False, progress=noop)
     shown = float(re.search(r"\*\*([\d.]+) bits/dim\*\*", out[6]).group(1))
     assert shown == pytest.approx(expected, abs=1e-3)
     assert "'square'" in out[6]
@@ -213,9 +213,9 @@ def test_invert_bits_per_dim_matches_the_core(tiny):
 
 def test_invert_adds_the_training_noise_on_request(tiny):
     path = str(EXAMPLES / "mnist-3.png")
-    clean = h.invert("tiny-cond", path, "none", "float32", False, progress=noop)
-    noisy = h.invert("tiny-cond", path, "none", "float32", True, progress=noop)
-    again = h.invert("tiny-cond", path, "none", "float32", True, progress=noop)
+    clean = invert.invert("tiny-cond", path, "none", "float32", False, progress=noop)
+    noisy = invert.invert("tiny-cond", path, "none", "float32", True, progress=noop)
+    again = invert.invert("tiny-cond", path, "none", "float32", True, progress=noop)
     assert noisy[0].width > clean[0].width  # one more fitting step: "+ noise"
     assert noisy[6] == again[6] and noisy[6] != clean[6]  # a fixed noise draw: reproducible, and different
     assert recon_error(noisy[4]) < 1e-4
@@ -229,7 +229,7 @@ def test_noise_bits_is_the_entropy_of_the_noise_in_8_bit_units():
 
 
 def test_invert_unconditional_model_has_nothing_to_classify(tiny):
-    out = h.invert("tiny-rgb", str(EXAMPLES / "emoji-food-drink.png"), "auto", "float32", progress=noop)
+    out = invert.invert("tiny-rgb", str(EXAMPLES / "emoji-food-drink.png"), "auto", "float32", progress=noop)
     assert out[7] is None and "unconditional" in out[8]
     assert recon_error(out[4]) < 1e-4
 
@@ -240,29 +240,29 @@ def test_invert_unconditional_model_has_nothing_to_classify(tiny):
 ])
 def test_invert_needs_an_image(tiny, value, message):
     with pytest.raises(gr.Error, match=message):
-        h.invert("tiny-cond", value, "auto", "float32", progress=noop)
+        invert.invert("tiny-cond", value, "auto", "float32", progress=noop)
 
 
 def test_invert_refuses_bad_condition_and_precision(tiny):
     with pytest.raises(gr.Error, match="Unknown class 'dragon'"):
-        h.invert("tiny-cond", str(EXAMPLES / "mnist-3.png"), "dragon", "float32", progress=noop)
+        invert.invert("tiny-cond", str(EXAMPLES / "mnist-3.png"), "dragon", "float32", progress=noop)
     with pytest.raises(gr.Error, match="Precision must be one of"):
-        h.invert("tiny-cond", str(EXAMPLES / "mnist-3.png"), "auto", "float16", progress=noop)
+        invert.invert("tiny-cond", str(EXAMPLES / "mnist-3.png"), "auto", "float16", progress=noop)
 
 
 def test_interpolation_ends_reproduce_both_images(tiny):
-    strip, md = h.interpolate("tiny-cond", str(EXAMPLES / "mnist-3.png"), str(EXAMPLES / "mnist-7.png"), 5,
+    strip, md = interpolate.interpolate("tiny-cond", str(EXAMPLES / "mnist-3.png"), str(EXAMPLES / "mnist-7.png"), 5,
                               "slerp", "none", progress=noop)
     err = float(re.search(r"reproduce A and B to " + NUMBER, md).group(1))
     assert err < 1e-4
     assert strip.width > strip.height
-    _, md_linear = h.interpolate("tiny-cond", str(EXAMPLES / "mnist-3.png"), str(EXAMPLES / "mnist-7.png"), 5,
+    _, md_linear = interpolate.interpolate("tiny-cond", str(EXAMPLES / "mnist-3.png"), str(EXAMPLES / "mnist-7.png"), 5,
                                  "linear", "star", progress=noop)
     assert md_linear.startswith("Linear")
     with pytest.raises(gr.Error, match="Choose two images"):
-        h.interpolate("tiny-cond", str(EXAMPLES / "mnist-3.png"), None, 5, "slerp", "none", progress=noop)
+        interpolate.interpolate("tiny-cond", str(EXAMPLES / "mnist-3.png"), None, 5, "slerp", "none", progress=noop)
     with pytest.raises(gr.Error, match="Steps must be between 2"):
-        h.interpolate("tiny-cond", str(EXAMPLES / "mnist-3.png"), str(EXAMPLES / "mnist-7.png"), 500, "slerp",
+        interpolate.interpolate("tiny-cond", str(EXAMPLES / "mnist-3.png"), str(EXAMPLES / "mnist-7.png"), 500, "slerp",
                       "none", progress=noop)
 
 
@@ -280,15 +280,15 @@ def test_slerp_keeps_the_norm_of_equal_norm_latents():
 def test_drawing_becomes_a_file_and_blank_canvas_is_refused(tiny):
     canvas = np.zeros((64, 64, 4), np.uint8)
     with pytest.raises(gr.Error, match="draw something first|canvas is empty"):
-        h.drawing_to_file({"composite": canvas, "background": None, "layers": []})
+        invert.drawing_to_file({"composite": canvas, "background": None, "layers": []})
     canvas[20:44, 30:34] = (0, 0, 0, 255)
-    path = h.drawing_to_file({"composite": canvas, "background": None, "layers": []})
+    path = invert.drawing_to_file({"composite": canvas, "background": None, "layers": []})
     with Image.open(path) as img:
         assert img.size == (64, 64)
-    out = h.invert("tiny-cond", path, "auto", "float32", progress=noop)
+    out = invert.invert("tiny-cond", path, "auto", "float32", progress=noop)
     assert recon_error(out[4]) < 1e-4
     with pytest.raises(gr.Error, match="draw something first"):
-        h.drawing_to_file(None)
+        invert.drawing_to_file(None)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -296,14 +296,14 @@ def test_drawing_becomes_a_file_and_blank_canvas_is_refused(tiny):
 
 def test_model_info_sets_controls_for_the_model(tiny):
     card, classes, guidance, kind, attn, sigma, denoise, num, condition, interp, noise, temp = \
-        h.model_info("tiny-cond", None)
+        picker.model_info("tiny-cond", None)
     assert "3 classes" in card and "8×8 grey" in card
     assert classes["choices"] == TINY_CLASSES and classes["interactive"]
     assert set(classes["value"]) <= set(TINY_CLASSES) and len(classes["value"]) == 2
     assert guidance["value"] == 1.0 and kind["value"] == "class" and sigma["value"] == 0.1
     assert noise["value"] and "σ = 0.1" in noise["label"]
     assert temp["value"] == 0.9  # the model's recommended prior temperature
-    card, classes, _, kind, attn, *_ = h.model_info("tiny-rgb", None)
+    card, classes, _, kind, attn, *_ = picker.model_info("tiny-rgb", None)
     assert "unconditional" in card
     assert classes["value"] == [] and not classes["interactive"]
     assert kind["value"] == "attention" and attn["value"] == 1.5

@@ -1,0 +1,96 @@
+"""The words under the pictures: status lines and captions, built from the numbers a handler
+measured. No computation happens here beyond formatting."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tarflow.likelihood import noise_bits
+from tarflow.model import TarFlow
+from tarflow.sampling import Frame, SampleSettings
+
+
+def noise_note(model: TarFlow) -> str:
+    """Why bits/dim near the training noise's entropy are expected (empty for noise-free models)."""
+    if model.noise_std <= 0 or noise_bits(model.noise_std) <= 0:
+        return ""
+    return (f" The model describes images with noise σ = {model.noise_std:g} added; that noise alone costs "
+            f"{noise_bits(model.noise_std):.2f} bits/dim, so numbers near it are expected.")
+
+
+# ---------------------------------------------------------------------------------------------- Generate
+
+
+def sampling_status(frame: Frame, model: TarFlow, seconds: float, temperature: float = 1.0) -> str:
+    """The line above the streaming grid: which block is being inverted, and how far."""
+    nb = model.num_blocks
+    if frame.stage == 0:
+        prior = "N(0, I)" if temperature == 1 else f"N(0, {temperature:g}² I)"
+        return f"**Prior sample** z ~ {prior} · {frame.latent.shape[0]} images · now inverting {nb} blocks"
+    block = model.blocks[frame.block]
+    direction = "reading bottom-up ↑" if block.flip else "reading top-down ↓"
+    return (f"**Block {frame.stage}/{nb}** ({direction}) · token {frame.tokens}/{frame.num_tokens} · "
+            f"{seconds:.1f} s")
+
+
+def done_status(settings: SampleSettings, model: TarFlow, class_guidance: bool, seconds: float) -> str:
+    g = settings.guidance_for(model)
+    weak = "class" if class_guidance else f"attention temp {g.attn_temp:g}"
+    guide = f"guidance {g.scale:g} ({weak}{', annealed' if g.annealed else ''})" if g.scale > 0 else "no guidance"
+    noise = f"denoised with σ = {settings.sigma:g}" if settings.denoise else "not denoised"
+    return (f"**Done** · {settings.num} images in {seconds:.2f} s · {guide} · {noise} · "
+            "click an image (or use the slider) to inspect it")
+
+
+def inspect_caption(model: TarFlow, number: int, name: str, bpd: float) -> str:
+    """Under the heatmap of generated image ``number`` (1-based) of class ``name``."""
+    return (f"**Image {number}** ({name}): **{bpd:.3f} bits/dim**, the exact −log₂ p(x) of its 8-bit "
+            f"pixels under the model, per dimension ({model.num_dims} dimensions). Brighter colours in the map "
+            "cost more bits." + noise_note(model))
+
+
+# ---------------------------------------------------------------------------------------------- Invert
+
+
+def latent_title(zs: np.ndarray, noisy: bool) -> str:
+    return f"z of this {'noisy ' if noisy else ''}image: mean {zs.mean():+.2f}, std {zs.std():.2f}"
+
+
+def reconstruction(errors: list[float], num_dims: int, precision: str, eps: float) -> str:
+    """``errors``: max |difference| after undoing each block, the last one against x itself."""
+    return (f"**max |x − x̂| = {errors[-1]:.2e}** over {num_dims} values ({precision}, machine epsilon "
+            f"{eps:.1e}): the flow is inverted exactly, up to floating-point rounding. "
+            f"Intermediate states match the forward pass to {max(errors):.1e}.")
+
+
+def heatmap_title(label: str | None, bpd: float) -> str:
+    return f"{'label ' + label if label is not None else 'no label'} · {bpd:.3f} bits/dim"
+
+
+def likelihood(model: TarFlow, label: str | None, bits: float) -> str:
+    """Under an inverted image's heatmap: ``bits`` = −log₂ p(x | label) in total."""
+    given = "the label " + repr(label) if label is not None else "no label"
+    return (f"**{bits / model.num_dims:.3f} bits/dim** given {given}: "
+            f"−log₂ p(x) = {bits:.1f} bits for {model.num_dims} dimensions; the map shows each "
+            "pixel's share and sums to that total." + noise_note(model))
+
+
+def posterior(model: TarFlow, probs: np.ndarray | None, noisy: bool) -> str:
+    """Beside the p(class | x) chart; ``probs`` is None when there is no chart."""
+    if probs is None:
+        return ("This model is unconditional: there are no classes to compare." if not model.num_classes
+                else f"{model.num_classes} classes are too many to score interactively here.")
+    best = int(np.argmax(probs))
+    return (f"Most likely: **{model.class_names[best]}** ({probs[best]:.1%}). p(y | x) ∝ p(x | y): "
+            "one exact likelihood per class, normalised by Bayes' rule with equal priors"
+            f"{' (of the image without the added noise)' if noisy else ''}.")
+
+
+def interpolation(model: TarFlow, spherical: bool, norms: list[float], error: float) -> str:
+    """Under the decoded path: the latent norms along it and how well its ends reproduce A and B."""
+    return (f"{'Spherical' if spherical else 'Linear'} path through latent space, {len(norms)} points. "
+            f"|z| is {norms[0]:.1f} at A and {norms[-1]:.1f} at B, {min(norms):.1f} at its lowest on the way "
+            f"(a Gaussian sample has |z| ≈ √{model.num_dims} = {math.sqrt(model.num_dims):.1f}). "
+            f"The ends reproduce A and B to {error:.1e}.")
