@@ -15,7 +15,7 @@ from tarflow import TarFlow
 TINY_CLASSES = ["circle", "square", "star"]
 
 
-def _randomise(model: TarFlow, seed: int, scale: float = 0.07, class_scale: float = 0.2) -> TarFlow:
+def randomise(model: TarFlow, seed: int, scale: float = 0.07, class_scale: float = 0.2) -> TarFlow:
     """Random weights of about ``scale``; class embeddings of ``class_scale``, which makes guidance
     well-behaved up to w = 5 and overflow by w = 10 (the tests rely on both)."""
     torch.manual_seed(seed)
@@ -39,6 +39,6 @@ def make_tiny_models(root: Path) -> dict[str, Path]:
     rgb = TarFlow(3, 8, 4, 32, 2, 1, num_classes=0, head_dim=16, noise_std=0.05, dataset="tiny-rgb",
                   sampling={"guidance": 0.0, "attn_temp": 1.5})
     paths = {"tiny-cond": root / "tiny-cond", "tiny-rgb": root / "tiny-rgb"}
-    _randomise(cond, 0).save_pretrained(paths["tiny-cond"])
-    _randomise(rgb, 1).save_pretrained(paths["tiny-rgb"])
+    randomise(cond, 0).save_pretrained(paths["tiny-cond"])
+    randomise(rgb, 1).save_pretrained(paths["tiny-rgb"])
     return paths

@@ -14,13 +14,14 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from app_models import TINY_CLASSES, make_tiny_models
+from app_models import TINY_CLASSES, make_tiny_models, randomise
 from PIL import Image, ImageDraw
 
-from app import inputs, models, picker, render, runs
+from app import checks, inputs, models, picker, render, runs
 from app.tabs import generate, interpolate, invert
+from tarflow import TarFlow
 from tarflow.likelihood import noise_bits
-from tarflow.sampling import slerp
+from tarflow.sampling import resolve_labels, slerp
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 
@@ -264,6 +265,48 @@ def test_interpolation_ends_reproduce_both_images(tiny):
     with pytest.raises(gr.Error, match="Steps must be between 2"):
         interpolate.interpolate("tiny-cond", str(EXAMPLES / "mnist-3.png"), str(EXAMPLES / "mnist-7.png"), 500, "slerp",
                       "none", progress=noop)
+
+
+def test_a_learned_prior_variance_is_divided_out_of_the_latent(tiny, tmp_path):
+    # A VP model (prior variance not ones): invert must still pull back exactly, and the latent the
+    # interpolation walks must be the flow's output over the prior's standard deviation.
+    vp = randomise(TarFlow(1, 8, 2, 32, 2, 1, head_dim=16, dataset="tiny-vp"), 3)
+    vp.var.copy_(0.25 + 3.75 * torch.rand(vp.var.shape, generator=torch.Generator().manual_seed(0)))
+    vp.save_pretrained(tmp_path / "tiny-vp")
+    key, a, b = str(tmp_path / "tiny-vp"), str(EXAMPLES / "mnist-3.png"), str(EXAMPLES / "mnist-7.png")
+    assert recon_error(invert.invert(key, a, "auto", "float64", False, progress=noop)[4]) < 1e-12
+    _, md = interpolate.interpolate(key, a, b, 3, "linear", "none", progress=noop)
+    model = models.MODELS.get(key)
+    x = inputs.to_model(inputs.load_fitted(a, 8, 1, "tiny-vp").array, model)
+    with torch.no_grad():
+        raw = model.trace(x)[0]
+    z = raw / model.var.sqrt()
+    assert f"|z| is {float(z.norm()):.1f} at A" in md
+    assert f"{float(z.norm()):.1f}" != f"{float(raw.norm()):.1f}"  # the variance matters here
+
+
+def test_class_choices_become_the_cores_labels(tiny):
+    model = models.MODELS.get("tiny-cond")
+    assert checks.class_labels(model, ["star", " circle ", "1", 2], 64) == [2, 0, 1, 2]
+    assert checks.class_labels(model, ["star", "square"], 64) == resolve_labels(model, ["star", "square"], 2).tolist()
+    assert checks.class_labels(model, None, 64) == [] and checks.class_labels(model, "", 64) == []
+    with pytest.raises(gr.Error, match="Unknown class 'True'"):  # a name, never the index 1
+        checks.class_labels(model, [True], 64)
+    with pytest.raises(gr.Error, match="65 classes chosen"):
+        checks.class_labels(model, ["star"] * 65, 64)
+    assert checks.condition(model, "square") == 1
+    assert checks.condition(model, "-1") is None and checks.condition(model, "none") is None
+    assert checks.condition(model, None) == checks.AUTO
+    assert checks.condition(models.MODELS.get("tiny-rgb"), "auto") is None
+
+
+def test_an_unknown_class_among_a_thousand_gets_a_short_message():
+    model = TarFlow(1, 8, 4, 16, 1, 1, num_classes=1000, head_dim=16)
+    with pytest.raises(gr.Error) as err:
+        checks.class_labels(model, ["dog"], 64)
+    message = err.value.message
+    assert message.startswith("Unknown class 'dog'; this model knows: 0, 1, 2")
+    assert len(message) <= checks.LONGEST_MESSAGE + 4 and message.endswith(" ...") and "\n" not in message
 
 
 def test_slerp_keeps_the_norm_of_equal_norm_latents():
