@@ -65,3 +65,37 @@ def test_judge_runs_on_one_thread_and_restores_the_setting():
     finally:
         torch.set_num_threads(before)
     assert seen == [1, 1] and pred.shape == (4,) and feats.shape == (3, 128)
+
+
+def test_class_accuracy_counts_each_class_alone():
+    pred = torch.tensor([0, 0, 1, 2, 2, 2])
+    y = torch.tensor([0, 1, 1, 2, 2, 0])
+    acc = quality.class_accuracy(pred, y, 4)
+    assert acc[:3] == pytest.approx([0.5, 0.5, 1.0]) and np.isnan(acc[3])  # class 3 has no images
+
+
+def _fine_labelled(fine: list[int], fine_category: list[int], test: list[bool]):
+    from tarflow.data import ImageData
+
+    category = np.array(fine_category)[fine]
+    meta = {"per_image": ["subcategory"]}
+    extra = {"subcategory": np.array(fine), "subcategory_category": np.array(fine_category)}
+    return ImageData(np.zeros((len(fine), 2, 2, 1), np.uint8), category, ["a", "b"], np.array(test), "toy", meta,
+                     extra)
+
+
+def test_sample_plan_gives_each_judged_class_its_share():
+    # subcategories 0, 1 -> category 0; 2, 3 -> category 1; training images 30:10 and 20:0 (3 only held out)
+    fine = [0] * 30 + [1] * 10 + [2] * 20 + [3] * 5
+    data = _fine_labelled(fine, [0, 0, 1, 1], [False] * 60 + [True] * 5)
+    classes, judged = quality.sample_plan(data, "subcategory", 4, 2000)
+    classes = torch.tensor(classes)
+    assert judged.tolist() == [0, 0, 1, 1] and len(classes) == 4000
+    assert (judged[classes[:2000]] == 0).all() and (judged[classes[2000:]] == 1).all()  # uniform over categories
+    share = torch.bincount(classes, minlength=4).double() / 2000
+    assert share[0] == pytest.approx(0.75, abs=0.04) and share[1] == pytest.approx(0.25, abs=0.04)
+    assert share[2] == 1 and share[3] == 0  # never a subcategory without training images
+    plain, ident = quality.sample_plan(data, None, 2, 3)
+    assert plain == [0, 0, 0, 1, 1, 1] and ident.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="5 classes but toy:subcategory has 4"):
+        quality.sample_plan(data, "subcategory", 5, 1)
