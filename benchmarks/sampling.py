@@ -1,4 +1,4 @@
-"""Sampling speed: our sampler against the plain reference-style oracle, side by side.
+"""Sampling speed: our sampler against the model's plain inverse (TarFlow.reverse), side by side.
 
     python benchmarks/sampling.py [--num 16] [--guidance 2] [--repeats 5] [--device cpu] [--reference PATH]
 
@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))  # run as a script: the package lives in the repository root
 
-from oracle import oracle_reverse  # noqa: E402
+from tarflow import TarFlow, engine  # noqa: E402
+from tarflow.sampling import Guidance, reverse, reverse_stream  # noqa: E402
 
-from tarflow import TarFlow, sampling  # noqa: E402
-from tarflow.sampling import Guidance, reverse_stream  # noqa: E402
+PLAIN = "plain TarFlow.reverse (reference-style)"
 
 
 def best_time(fn, repeats: int, sync=lambda: None) -> float:
@@ -56,16 +56,16 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, sync) -> float:
 
 
 def variant(fn, **settings):
-    """fn run with some of tarflow.sampling's switches changed (USE_SCRIPTED_LOOP, CPU_SHARDS)."""
+    """fn run with some of tarflow.engine's switches changed (USE_SCRIPTED_LOOP, CPU_SHARDS)."""
     def run():
-        saved = {k: getattr(sampling, k) for k in settings}
+        saved = {k: getattr(engine, k) for k in settings}
         for k, v in settings.items():
-            setattr(sampling, k, v)
+            setattr(engine, k, v)
         try:
             return fn()
         finally:
             for k, v in saved.items():
-                setattr(sampling, k, v)
+                setattr(engine, k, v)
     return run
 
 
@@ -108,16 +108,18 @@ def main() -> None:
     print(f"device {device}, threads {torch.get_num_threads()}, {args.num} samples, guidance {args.guidance}, "
           f"model {sum(x.numel() for x in model.parameters()) / 1e6:.1f}M params, {model.num_tokens} tokens")
 
-    ours = model.reverse(z, y, guidance=args.guidance)
-    plain = oracle_reverse(model, z, y, guidance=args.guidance)
-    diff = (ours - plain).abs().max().item()
-    def reverse():
+    def ours_reverse():
+        return reverse(model, z, y, g)
+
+    def plain_reverse():
         return model.reverse(z, y, guidance=args.guidance)
 
-    contenders = [("plain oracle (reference-style)", lambda: oracle_reverse(model, z, y, guidance=args.guidance)),
-                  ("ours, Python token loop", variant(reverse, USE_SCRIPTED_LOOP=False)),
-                  ("ours, scripted loop, one batch", variant(reverse, CPU_SHARDS=1)),
-                  ("ours", reverse)]
+    ours = ours_reverse()
+    diff = (ours - plain_reverse()).abs().max().item()
+    contenders = [(PLAIN, plain_reverse),
+                  ("ours, steps as plain PyTorch", variant(ours_reverse, USE_SCRIPTED_LOOP=False)),
+                  ("ours, TorchScript steps, one batch", variant(ours_reverse, CPU_SHARDS=1)),
+                  ("ours", ours_reverse)]
     if device.type != "cpu":  # the scripted loop and its shards are for CPUs
         del contenders[1:3]
     if args.reference:
@@ -131,22 +133,23 @@ def main() -> None:
         def published():
             return ref.reverse(z.clone(), y, guidance=args.guidance)
 
-        print(f"max |ours - published| = {(published() - ours).abs().max().item():.2e}")
+        print(f"max |ours - published| = {(published() - ours).abs().max().item():.2e}, "
+              f"max |TarFlow.reverse - published| = {(published() - plain_reverse()).abs().max().item():.2e}")
         contenders.insert(0, ("published reverse()", published))
-    shards = sampling._shards(args.num, device, torch.float32)
-    print(f"ours: {'TorchScript' if sampling._scripted_loop() and device.type == 'cpu' else 'Python'} token loop, "
-          f"{len(shards)} shard(s) of the batch run at once")
+    shards = engine.shard_rows(args.num, device, torch.float32)
+    how = "compiled by TorchScript" if engine.runs_scripted(device, torch.float32) else "as plain PyTorch"
+    print(f"ours: token steps {how}, {len(shards)} shard(s) of the batch run at once")
     times = best_times([fn for _, fn in contenders], args.repeats, sync)
     rows_out = [(name, t) for (name, _), t in zip(contenders, times)]
-    t_plain = dict(rows_out)["plain oracle (reference-style)"]
+    t_plain = dict(rows_out)[PLAIN]
 
     peak = matmul_peak(device, torch.float32, sync)
     flops = sampling_flops(model, rows)
-    print(f"max |ours - oracle| = {diff:.2e}")
-    print(f"{'sampler':34s} {'time':>9s} {'speed-up':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    print(f"max |ours - TarFlow.reverse| = {diff:.2e}")
+    print(f"{'sampler':36s} {'time':>9s} {'speed-up':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")
     for name, t in rows_out:
         gf = flops / t / 1e9
-        print(f"{name:34s} {t * 1e3:7.1f}ms {t_plain / t:8.2f}x {gf:8.1f} {gf / peak:7.1%}")
+        print(f"{name:36s} {t * 1e3:7.1f}ms {t_plain / t:8.2f}x {gf:8.1f} {gf / peak:7.1%}")
     print(f"matmul peak (2048^2 fp32): {peak:.1f} GFLOP/s; work per call {flops / 1e9:.2f} GFLOP")
 
     def stream(every):
@@ -154,7 +157,7 @@ def main() -> None:
             pass
 
     t_plain_ours, t_blocks, t_tokens = best_times(
-        [lambda: model.reverse(z, y, guidance=args.guidance), lambda: stream(None), lambda: stream(6)],
+        [ours_reverse, lambda: stream(None), lambda: stream(6)],
         args.repeats, sync)
     print(f"streaming: per block {t_blocks / t_plain_ours:.3f}x, every 6 tokens {t_tokens / t_plain_ours:.3f}x "
           f"the time of plain sampling ({t_plain_ours * 1e3:.1f}ms)")

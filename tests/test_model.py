@@ -6,7 +6,8 @@ import pytest
 import torch
 from helpers import images, make_model
 
-from tarflow import TarFlow
+from tarflow import Guidance, TarFlow
+from tarflow.model import Architecture
 
 
 @pytest.mark.parametrize("nvp", [True, False])
@@ -132,3 +133,44 @@ def test_encode_is_the_standard_normal_latent_that_reverse_inverts():
     raw, _, _ = model(x, y)
     torch.testing.assert_close(z * model.var.sqrt(), raw)
     torch.testing.assert_close(model.reverse(z, y), x)
+
+
+GUIDANCE_KINDS = [Guidance(), Guidance(1.5), Guidance(2.0, "a", annealed=True), Guidance(1.0, "b", 0.5),
+                  Guidance(0.7, "ab", 1.5, True)]
+
+
+@pytest.mark.parametrize("guidance", GUIDANCE_KINDS, ids=str)
+@pytest.mark.parametrize("nvp", [True, False])
+def test_block_reverse_matches_the_transformer_run_on_its_result(guidance, nvp):
+    """Token by token with caches, MetaBlock.reverse must produce an x whose every token t is
+    z_t exp(a_t) + b_t for the (guided) a, b that the uncached Transformer reads off x itself."""
+    model = make_model(nvp=nvp, num_blocks=2, num_classes=3, dtype=torch.float64)
+    block = model.blocks[1]  # a flipped block
+    z = torch.randn(3, model.num_tokens, model.token_dim, generator=torch.Generator().manual_seed(4)).double()
+    y = torch.tensor([0, 2, -1])
+    with torch.no_grad():
+        x = block.reverse(z, y, guidance)
+        xs, zs = block.permute(x), block.permute(z)
+        pos = block.permute(block.pos_embed, 0)
+        a, b = block._scale_and_shift(block.transformer(xs, pos, y))
+        if guidance.active:
+            a_weak, b_weak = block._scale_and_shift(block.transformer(xs, pos, None, guidance.attn_temp))
+            T = model.num_tokens
+            w = torch.tensor([guidance.weight(t, T) for t in range(T)], dtype=torch.float64).view(1, T, 1)
+            a = a + w * (a - a_weak) if "a" in guidance.what else a
+            b = b + w * (b - b_weak) if "b" in guidance.what else b
+    # the output at token t - 1 transforms token t; token 0 passes unchanged
+    want = torch.cat([zs[:, :1], zs[:, 1:] * torch.exp(a[:, :-1]) + b[:, :-1]], dim=1)
+    torch.testing.assert_close(xs, want, atol=1e-12, rtol=1e-12)
+    if not guidance.active:  # and forward undoes it
+        torch.testing.assert_close(block(x, y)[0], z, atol=1e-12, rtol=1e-12)
+
+
+def test_architecture_is_the_one_list_of_fields():
+    fields = Architecture.field_names()
+    model = make_model(num_classes=3)
+    assert list(model.config)[: len(fields)] == fields
+    assert all(getattr(model, f) == getattr(model.architecture, f) for f in fields)
+    assert TarFlow(**model.config).config == model.config
+    with pytest.raises(TypeError):
+        TarFlow(1, 8, 2, 32, 2, 1, widht=3)

@@ -1,14 +1,14 @@
-"""The fast sampler against the plain oracle, streaming, thread safety, denoising, the friendly API."""
+"""The fast sampler against the model's plain inverse, streaming, thread safety, denoising, the
+friendly API."""
 
 import threading
 
 import pytest
 import torch
 from helpers import images, make_model
-from oracle import oracle_reverse
 
-from tarflow import Guidance, SampleSettings, denoise, reverse_stream, sample, sample_stream, sampling
-from tarflow.sampling import Samples, prior_noise, resolve_labels, to_uint8
+from tarflow import Guidance, SampleSettings, denoise, engine, reverse_stream, sample, sample_stream
+from tarflow.sampling import Samples, prior_noise, resolve_labels, reverse, to_uint8
 
 GUIDANCE_CASES = [
     dict(),
@@ -25,18 +25,23 @@ def _noise(model, n=5, seed=3):
     return torch.randn(n, model.num_tokens, model.token_dim, generator=torch.Generator().manual_seed(seed))
 
 
-# In float64 the fast sampler and the oracle agree to rounding: a re-ordered sum shows up near
+def fast(model, z, y=None, guidance=0.0, guide_what="ab", attn_temp=1.0, annealed_guidance=False):
+    """The fast sampler, called as TarFlow.reverse (the plain inverse) is."""
+    return reverse(model, z, y, Guidance(guidance, guide_what, attn_temp, annealed_guidance))
+
+
+# In float64 the fast sampler and the plain inverse agree to rounding: a re-ordered sum shows up near
 # 1e-15, a wrong formula far above the tolerance.
 F64 = dict(atol=1e-11, rtol=1e-11)
 
 
 @pytest.fixture(params=["scripted", "python"])
 def loop(request, monkeypatch):
-    """Run a test with the TorchScript token loop (sharded over worker threads on a CPU with 2+
-    threads) and again with the plain Python loop."""
-    monkeypatch.setattr(sampling, "USE_SCRIPTED_LOOP", request.param == "scripted")
+    """Run a test with the token steps compiled by TorchScript (sharded over worker threads on a
+    CPU with 2+ threads) and again with the same steps run as plain PyTorch."""
+    monkeypatch.setattr(engine, "USE_SCRIPTED_LOOP", request.param == "scripted")
     if request.param == "scripted":
-        assert sampling._scripted_loop() is not None
+        assert engine.scripted_steps() is not None
     return request.param
 
 
@@ -51,53 +56,51 @@ def two_threads():
 
 @pytest.mark.parametrize("kw", GUIDANCE_CASES)
 @pytest.mark.parametrize("nvp", [True, False])
-def test_fast_sampler_equals_oracle_conditional(kw, nvp, loop):
+def test_fast_sampler_equals_plain_inverse_conditional(kw, nvp, loop):
     model = make_model(nvp=nvp, num_classes=3, num_blocks=3, dtype=torch.float64)
     z = _noise(model).double()
     y = torch.tensor([0, 1, 2, 0, 1])
-    want = oracle_reverse(model, z, y, kw.get("guidance", 0.0), kw.get("guide_what", "ab"),
-                          kw.get("attn_temp", 1.0), kw.get("annealed_guidance", False))
-    got = model.reverse(z, y, **kw)
+    want = model.reverse(z, y, **kw)
+    got = fast(model, z, y, **kw)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, want, **F64)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(guidance=1.0, attn_temp=0.5), dict(guidance=2.0, attn_temp=1.5)])
-def test_fast_sampler_equals_oracle_unconditional(kw, loop):
+def test_fast_sampler_equals_plain_inverse_unconditional(kw, loop):
     model = make_model(num_classes=0, num_blocks=2, in_channels=3, patch_size=4, dtype=torch.float64)
     z = _noise(model, n=2).double()
-    want = oracle_reverse(model, z, None, kw.get("guidance", 0.0), "ab", kw.get("attn_temp", 1.0))
-    torch.testing.assert_close(model.reverse(z, None, **kw), want, **F64)
+    torch.testing.assert_close(fast(model, z, None, **kw), model.reverse(z, None, **kw), **F64)
 
 
-def test_fast_sampler_matches_oracle_in_float32(loop):
+def test_fast_sampler_matches_plain_inverse_in_float32(loop):
     model = make_model(num_classes=3, num_blocks=4)
     z = _noise(model)
     y = torch.tensor([0, 1, 2, 0, 1])
-    want = oracle_reverse(model, z, y, 2.0, "ab", 1.0, False)
-    torch.testing.assert_close(model.reverse(z, y, guidance=2.0), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast(model, z, y, guidance=2.0), model.reverse(z, y, guidance=2.0), atol=1e-4,
+                               rtol=1e-4)
 
 
 def test_shards_run_on_workers_and_equal_one_batch(two_threads, monkeypatch):
     model = make_model(num_classes=3, num_blocks=3, dtype=torch.float64)
     z = _noise(model, 5).double()
     y = torch.tensor([0, 1, 2, 0, 1])
-    assert sampling._shards(5, torch.device("cpu"), torch.float64) == [(0, 2), (2, 5)]
-    assert sampling._shards(1, torch.device("cpu"), torch.float64) == [(0, 1)]
-    assert sampling._shards(5, torch.device("cpu"), torch.bfloat16) == [(0, 5)]  # Python loop: no shards
+    assert engine.shard_rows(5, torch.device("cpu"), torch.float64) == [(0, 2), (2, 5)]
+    assert engine.shard_rows(1, torch.device("cpu"), torch.float64) == [(0, 1)]
+    assert engine.shard_rows(5, torch.device("cpu"), torch.bfloat16) == [(0, 5)]  # not scripted: no shards
     workers = set()
-    advance = sampling._Shard.advance
+    advance = engine.Shard.advance
 
     def spy(self, *args):
         workers.add(threading.current_thread().name)
         return advance(self, *args)
 
-    monkeypatch.setattr(sampling._Shard, "advance", spy)
-    sharded = model.reverse(z, y, guidance=1.5, attn_temp=0.8)
+    monkeypatch.setattr(engine.Shard, "advance", spy)
+    sharded = fast(model, z, y, guidance=1.5, attn_temp=0.8)
     assert len(workers) == 2 and all(name.startswith("tarflow-sampler") for name in workers)
-    monkeypatch.setattr(sampling, "CPU_SHARDS", 1)
+    monkeypatch.setattr(engine, "CPU_SHARDS", 1)
     workers.clear()
-    whole = model.reverse(z, y, guidance=1.5, attn_temp=0.8)
+    whole = fast(model, z, y, guidance=1.5, attn_temp=0.8)
     assert workers == {threading.current_thread().name}
     torch.testing.assert_close(sharded, whole, atol=1e-13, rtol=1e-13)
 
@@ -105,7 +108,7 @@ def test_shards_run_on_workers_and_equal_one_batch(two_threads, monkeypatch):
 def test_sampler_workers_leave_the_thread_setting_alone(two_threads):
     model = make_model(num_classes=3)
     before = torch.get_num_threads()
-    model.reverse(_noise(model, 4), torch.tensor([0, 1, 2, 0]), guidance=1.0)
+    fast(model, _noise(model, 4), torch.tensor([0, 1, 2, 0]), guidance=1.0)
     assert torch.get_num_threads() == before
     seen = []
     t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # takes up the default
@@ -115,7 +118,7 @@ def test_sampler_workers_leave_the_thread_setting_alone(two_threads):
 
 
 def _sample_in_child(model, z, y, out):
-    out.put(model.reverse(z, y, guidance=1.0).numpy())
+    out.put(fast(model, z, y, guidance=1.0).numpy())
 
 
 def test_sharded_sampling_works_in_a_forked_child(two_threads):
@@ -124,7 +127,7 @@ def test_sharded_sampling_works_in_a_forked_child(two_threads):
 
     model = make_model(num_classes=3)
     z, y = _noise(model, 4), torch.tensor([0, 1, 2, 0])
-    want = model.reverse(z, y, guidance=1.0)  # the parent's workers exist now
+    want = fast(model, z, y, guidance=1.0)  # the parent's workers exist now
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     child = ctx.Process(target=_sample_in_child, args=(model, z, y, out))
@@ -139,27 +142,26 @@ def test_sharded_sampling_works_in_a_forked_child(two_threads):
     torch.testing.assert_close(torch.from_numpy(got), want, atol=0, rtol=0)
 
 
-def test_python_loop_when_torchscript_is_unavailable(monkeypatch):
+def test_plain_pytorch_steps_when_torchscript_is_unavailable(monkeypatch):
     def broken(fn):
         raise RuntimeError("no TorchScript here")
 
-    monkeypatch.setattr(sampling, "_scripted", [])
+    monkeypatch.setattr(engine, "_scripted", [])
     monkeypatch.setattr(torch.jit, "script", broken)
-    assert sampling._scripted_loop() is None
+    assert engine.scripted_steps() is None
     model = make_model(num_classes=3, dtype=torch.float64)
     z = _noise(model, 3).double()
     y = torch.tensor([0, 1, 2])
-    want = oracle_reverse(model, z, y, 1.5, "ab", 1.0, False)
-    torch.testing.assert_close(model.reverse(z, y, guidance=1.5), want, **F64)
+    torch.testing.assert_close(fast(model, z, y, guidance=1.5), model.reverse(z, y, guidance=1.5), **F64)
 
 
 def test_guidance_actually_changes_samples():
     model = make_model(num_classes=3)
     z = _noise(model)
     y = torch.tensor([0, 1, 2, 0, 1])
-    assert not torch.allclose(model.reverse(z, y), model.reverse(z, y, guidance=1.0), atol=1e-3)
-    assert not torch.allclose(model.reverse(z, y, guidance=1.0, attn_temp=0.5),
-                              model.reverse(z, y, guidance=1.0), atol=1e-3)
+    assert not torch.allclose(fast(model, z, y), fast(model, z, y, guidance=1.0), atol=1e-3)
+    assert not torch.allclose(fast(model, z, y, guidance=1.0, attn_temp=0.5),
+                              fast(model, z, y, guidance=1.0), atol=1e-3)
 
 
 def test_guidance_zero_equals_unguided_and_input_is_untouched():
@@ -167,9 +169,10 @@ def test_guidance_zero_equals_unguided_and_input_is_untouched():
     z = _noise(model)
     z_copy = z.clone()
     y = torch.tensor([2, 1, 0, 0, 1])
-    plain = model.reverse(z, y)
+    unguided = fast(model, z, y)
     for g in [Guidance(0.0), Guidance(0.0, "a", 0.3, True), Guidance(1.0, what="")]:
-        torch.testing.assert_close(list(reverse_stream(model, z, y, g))[-1].latent, plain, atol=0, rtol=0)
+        torch.testing.assert_close(list(reverse_stream(model, z, y, g))[-1].latent, unguided, atol=0, rtol=0)
+    model.reverse(z, y, guidance=1.0)
     assert torch.equal(z, z_copy)
 
 
@@ -177,7 +180,7 @@ def test_concurrent_sampling_matches_sequential(loop):
     model = make_model(num_classes=3, num_blocks=3)
     jobs = [(_noise(model, 4, seed=s), torch.tensor([s % 3] * 4), Guidance(0.5 * s, attn_temp=1 + 0.1 * s))
             for s in range(4)]
-    sequential = [model.reverse(z, y, g.scale, g.what, g.attn_temp) for z, y, g in jobs]
+    sequential = [fast(model, z, y, g.scale, g.what, g.attn_temp) for z, y, g in jobs]
     results = [None] * len(jobs)
     start = threading.Barrier(len(jobs))
 
@@ -185,7 +188,7 @@ def test_concurrent_sampling_matches_sequential(loop):
         z, y, g = jobs[i]
         start.wait()
         for _ in range(3):
-            out = model.reverse(z, y, g.scale, g.what, g.attn_temp)
+            out = fast(model, z, y, g.scale, g.what, g.attn_temp)
         results[i] = out
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
@@ -209,7 +212,7 @@ def test_streaming_frames_per_block_and_within_blocks(loop):
     assert [f.tokens for f in frames[1:5]] == [5, 9, 13, 16]
     assert sum(f.block_done for f in frames) == 4
     torch.testing.assert_close(frames[0].latent, model.unpatchify(z))
-    torch.testing.assert_close(frames[-1].latent, model.reverse(z, y, guidance=1.0), atol=0, rtol=0)
+    torch.testing.assert_close(frames[-1].latent, fast(model, z, y, guidance=1.0), atol=0, rtol=0)
     # inside a block, tokens not yet generated still hold the previous stage's values
     prev, mid = model.patchify(frames[0].latent), model.patchify(frames[1].latent)
     block = model.blocks[2]
@@ -231,12 +234,13 @@ def test_streaming_does_not_leak_inference_mode():
 
 def test_sampler_errors_are_clear():
     model = make_model(num_classes=3)
-    with pytest.raises(ValueError, match="latent of shape"):
-        model.reverse(torch.zeros(1, 5, 4))
-    with pytest.raises(ValueError, match="labels for"):
-        model.reverse(_noise(model, 2), torch.tensor([0]))
-    with pytest.raises(ValueError, match="below 3"):
-        model.reverse(_noise(model, 1), torch.tensor([3]))
+    for inverse in (model.reverse, lambda *args: fast(model, *args)):
+        with pytest.raises(ValueError, match="latent of shape"):
+            inverse(torch.zeros(1, 5, 4))
+        with pytest.raises(ValueError, match="labels for"):
+            inverse(_noise(model, 2), torch.tensor([0]))
+        with pytest.raises(ValueError, match="below 3"):
+            inverse(_noise(model, 1), torch.tensor([3]))
     with pytest.raises(ValueError, match="guide_what"):
         Guidance(1.0, what="c")
 
@@ -282,7 +286,7 @@ def test_sample_is_reproducible_and_labels_follow_classes():
     assert isinstance(a, Samples)
     assert torch.equal(a.images, b.images)
     assert a.labels.tolist() == [1, 2, 1, 2, 1]
-    want = model.reverse(prior_noise(model, 5, 7), a.labels, guidance=1.0)
+    want = fast(model, prior_noise(model, 5, 7), a.labels, guidance=1.0)
     torch.testing.assert_close(a.raw, want, atol=0, rtol=0)
     torch.testing.assert_close(a.images, denoise(model, want, a.labels, 0.1))
     c = sample(model, SampleSettings(num=5, classes=["dog", 2], seed=8, guidance=1.0))
@@ -346,7 +350,7 @@ def test_bf16_sampling_runs_close_to_fp32():
     model = make_model(num_classes=3)
     z = _noise(model, 2)
     y = torch.tensor([0, 1])
-    full = model.reverse(z, y, guidance=1.0)
+    full = fast(model, z, y, guidance=1.0)
     half = list(reverse_stream(model, z, y, Guidance(1.0), dtype=torch.bfloat16))[-1].latent
     assert half.dtype == torch.float32
     err = (half - full).abs()
