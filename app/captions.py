@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from tarflow.calibration import Calibration
+from tarflow.heldout import HeldOutRange
 from tarflow.likelihood import noise_bits
 from tarflow.model import TarFlow
 from tarflow.sampling import Frame, SampleSettings
@@ -23,12 +25,16 @@ def noise_note(model: TarFlow) -> str:
 # ---------------------------------------------------------------------------------------------- Generate
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def sampling_status(frame: Frame, model: TarFlow, seconds: float, temperature: float = 1.0) -> str:
     """The line above the streaming grid: which block is being inverted, and how far."""
     nb = model.num_blocks
     if frame.stage == 0:
         prior = "N(0, I)" if temperature == 1 else f"N(0, {temperature:g}² I)"
-        return f"**Prior sample** z ~ {prior} · {frame.latent.shape[0]} images · now inverting {nb} blocks"
+        return f"**Prior sample** z ~ {prior} · {plural(frame.latent.shape[0], 'image')} · now inverting {nb} blocks"
     block = model.blocks[frame.block]
     direction = "reading bottom-up ↑" if block.flip else "reading top-down ↓"
     return (f"**Block {frame.stage}/{nb}** ({direction}) · token {frame.tokens}/{frame.num_tokens} · "
@@ -40,8 +46,8 @@ def done_status(settings: SampleSettings, model: TarFlow, class_guidance: bool, 
     weak = "class" if class_guidance else f"attention temp {g.attn_temp:g}"
     guide = f"guidance {g.scale:g} ({weak}{', annealed' if g.annealed else ''})" if g.scale > 0 else "no guidance"
     noise = f"denoised with σ = {settings.sigma:g}" if settings.denoise else "not denoised"
-    return (f"**Done** · {settings.num} images in {seconds:.2f} s · {guide} · {noise} · "
-            "click an image (or use the slider) to inspect it")
+    pick = "click an image (or use the slider) to inspect it" if settings.num > 1 else "inspected below"
+    return f"**Done** · {plural(settings.num, 'image')} in {seconds:.2f} s · {guide} · {noise} · {pick}"
 
 
 def inspect_caption(model: TarFlow, number: int, name: str, bpd: float) -> str:
@@ -77,15 +83,53 @@ def likelihood(model: TarFlow, label: str | None, bits: float) -> str:
             "pixel's share and sums to that total." + noise_note(model))
 
 
-def posterior(model: TarFlow, probs: np.ndarray | None, noisy: bool) -> str:
-    """Beside the p(class | x) chart; ``probs`` is None when there is no chart."""
-    if probs is None:
-        return ("This model is unconditional: there are no classes to compare." if not model.num_classes
-                else f"{model.num_classes} classes are too many to score interactively here.")
+def no_posterior(model: TarFlow) -> str:
+    return ("This model is unconditional: there are no classes to compare." if not model.num_classes
+            else f"{model.num_classes} classes are too many to score interactively here.")
+
+
+def posterior(model: TarFlow, probs: np.ndarray, raw: np.ndarray, cal: Calibration | None, noisy: bool,
+              unusual: bool = False) -> str:
+    """Beside the p(class | x) chart: the answer, how often such answers are right, and why the
+    margins in bits are the honest quantity."""
     best = int(np.argmax(probs))
-    return (f"Most likely: **{model.class_names[best]}** ({probs[best]:.1%}). p(y | x) ∝ p(x | y): "
-            "one exact likelihood per class, normalised by Bayes' rule with equal priors"
+    order = np.argsort(-raw)
+    second = (f"; the runner-up, {model.class_names[order[1]]}, is "
+              f"{(math.log2(raw[order[0]]) - math.log2(max(raw[order[1]], 1e-300))):.1f} bits behind"
+              if len(order) > 1 else "")
+    head = ("**Out of distribution**: the class below means little for an image unlike the model's data. "
+            if unusual else "")
+    answer = f"{head}Most likely: **{model.class_names[best]}**{second}."
+    if cal is None:
+        trust = (f" Not calibrated (no held-out measurement stored with this model): the raw posterior says "
+                 f"{raw[best]:.1%}, and over hundreds of dimensions such posteriors are nearly always ~100%, "
+                 "right or wrong; trust the margins in bits more.")
+    else:
+        balanced = (f" ({cal.balanced_accuracy:.1%} averaged over classes, which are unevenly represented)"
+                    if abs(cal.balanced_accuracy - cal.accuracy) >= 0.01 else "")
+        trust = (f" Measured on {cal.images} held-out images, this classifier is right **{cal.accuracy:.1%}** of "
+                 f"the time{balanced}. Shown: {probs[best]:.1%}, calibrated (log-likelihoods divided by "
+                 f"T = {cal.temperature:.3g}, fitted on those images); the raw Bayes posterior would say "
+                 f"{raw[best]:.1%}. Expected calibration error {cal.ece_before:.3f} raw, {cal.ece_after:.3f} "
+                 "calibrated.")
+    return (answer + trust + " p(y | x) ∝ p(x | y): one exact likelihood per class, equal priors"
             f"{' (of the image without the added noise)' if noisy else ''}.")
+
+
+def typicality(bpd: float, held: HeldOutRange) -> str:
+    """An image's clean bits/dim against the model's held-out range, and what that does (not) show."""
+    word = held.rank(bpd)
+    where = (f" The clean image scores **{bpd:.2f} bits/dim**; {held.images} held-out {held.dataset} images "
+             f"score {held.pct(1):.2f}-{held.pct(99):.2f} (1st-99th percentile, median {held.pct(50):.2f}), "
+             "no label.")
+    if word in ("far above", "unusually high"):
+        return (where + f" That is {word} that range: this image is **unlike the model's data** "
+                "(out of distribution), so its class and latent say little.")
+    if word == "unusually low":
+        return where + (" That is below the range: unusually *likely*, which flows give to simple, smooth "
+                        "images even from other datasets (Nalisnick et al., 2019).")
+    return where + (" Typical, though a typical likelihood does not prove the image is like the data: "
+                    "flows can score other datasets just as well.")
 
 
 def interpolation(model: TarFlow, spherical: bool, norms: list[float], error: float) -> str:

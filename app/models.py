@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import socket
 import threading
@@ -40,6 +41,8 @@ MAX_LOADED = int(os.environ.get("TARFLOW_MAX_LOADED_MODELS", "4"))
 MAX_FLOAT64_PARAMS = 50_000_000
 
 Progress = Callable[[float | None, str], None]
+# A Hub repo id ("name" or "owner/name"), optionally followed by a file path inside the repo.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?(/[A-Za-z0-9._/-]+)?")
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,13 @@ def allow_local_paths() -> bool:
     return "SPACE_ID" not in os.environ
 
 
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).expanduser().exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
 def resolve(key: str) -> ModelEntry:
     """The picker's value (a listed key, or a typed path / Hub id) -> an entry."""
     key = (key or "").strip()
@@ -145,11 +155,26 @@ def resolve(key: str) -> ModelEntry:
             return entry
     if key.startswith(("http://", "https://")):
         raise ModelLoadError("only the listed URLs are downloaded; for other models use a Hub id or a local folder")
-    looks_local = key.startswith((".", "/", "~")) or Path(key).expanduser().exists()
+    looks_local = key.startswith((".", "/", "~")) or _exists(key)
     if looks_local and not allow_local_paths():
         raise ModelLoadError("local paths are disabled on this server; use a Hub id such as owner/repo")
+    if not looks_local and not HUB_ID.fullmatch(key):
+        shown = key if len(key) <= 60 else key[:57] + "..."
+        raise ModelLoadError(f"{shown!r} is not a listed model, a local folder or a Hugging Face Hub id "
+                             "(owner/name, letters, digits, '-', '_' and '.')")
     source = str(Path(key).expanduser()) if looks_local else key
     return ModelEntry(key=key, label=key, source=source, remote=not looks_local)
+
+
+def model_folder(key: str) -> Path | None:
+    """The local folder of a model in our format (where its measured calibration.json and
+    heldout.json may lie), or None for downloads and single checkpoint files."""
+    try:
+        entry = resolve(key)
+    except ModelLoadError:
+        return None
+    path = Path(entry.source)
+    return path if not entry.remote and path.is_dir() else None
 
 
 def pick_device() -> torch.device:
@@ -228,11 +253,14 @@ def _hub_cached(source: str) -> str | None:
     """A Hub model already in the local Hugging Face cache, as a local path (loads offline)."""
     from huggingface_hub import try_to_load_from_cache
 
-    if source.endswith((".pth", ".pt")) and source.count("/") >= 2:
-        owner, name, filename = source.split("/", 2)
-        found = try_to_load_from_cache(f"{owner}/{name}", filename)
-        return found if isinstance(found, str) else None
-    found = try_to_load_from_cache(source, "config.json")
+    try:
+        if source.endswith((".pth", ".pt")) and source.count("/") >= 2:
+            owner, name, filename = source.split("/", 2)
+            found = try_to_load_from_cache(f"{owner}/{name}", filename)
+            return found if isinstance(found, str) else None
+        found = try_to_load_from_cache(source, "config.json")
+    except ValueError:  # huggingface_hub's HFValidationError: not a valid repo id ("a--b", "a..b")
+        return None
     if isinstance(found, str) and (Path(found).parent / "model.safetensors").is_file():
         return str(Path(found).parent)
     return None

@@ -1,9 +1,11 @@
-"""The model picker: what it offers, the card describing the picked model, and every control
-set to that model's defaults when it is picked."""
+"""The model picker: what it offers, the card describing the picked model, every control set to
+that model's defaults when it is picked, the examples of its own data, and going back to the
+last working model when a pick fails."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -11,6 +13,13 @@ from app.checks import AUTO, NO_LABEL, load_model
 from app.models import entries, pick_device
 from app.tabs.generate import KIND_ATTN, KIND_CLASS
 from tarflow.model import TarFlow
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+# Example files per dataset (by file-name prefix); a dataset's variants (emoji2, "emoji2:subcategory")
+# share the emoji pictures.
+EXAMPLE_PREFIX = {"mnist": "mnist", "fashion-mnist": "fashion", "emoji": "emoji", "emoji2": "emoji"}
+PAIRS = {"mnist": ("mnist-3", "mnist-7"), "fashion": ("fashion-sneaker", "fashion-ankle-boot"),
+         "emoji": ("emoji-smileys-emotion", "emoji-animals-nature")}
 
 
 def model_choices() -> list[tuple[str, str]]:
@@ -32,12 +41,41 @@ def describe(model: TarFlow, key: str) -> str:
 
 
 def default_classes(model: TarFlow) -> list[str]:
-    """Two classes spread over the list (digits 3 and 7 for MNIST)."""
+    """The classes the model's card recommends (``sampling.classes`` in its config: the ones it draws
+    best), else two spread over the list (digits 3 and 7 for MNIST)."""
     k = model.num_classes
     if not k:
         return []
+    wanted = model.sampling.get("classes")
+    if isinstance(wanted, list):
+        known = [str(c) for c in wanted if str(c) in model.class_names]
+        if known:
+            return known
     picks = sorted({round(0.3 * k) % k, round(0.7 * k) % k})
     return [model.class_names[i] for i in picks]
+
+
+def _prefix(model: TarFlow) -> str | None:
+    return EXAMPLE_PREFIX.get((model.dataset or "").split(":")[0])
+
+
+def examples_for(model: TarFlow) -> tuple[list[str], str]:
+    """Example images of the model's own dataset and their heading; for a dataset without examples,
+    all of them, said so."""
+    prefix = _prefix(model)
+    own = sorted(EXAMPLES.glob(f"{prefix}-*.png")) if prefix else []
+    if own:
+        return [str(p) for p in own], f"Examples (held-out {model.dataset} images)"
+    return ([str(p) for p in sorted(EXAMPLES.glob("*.png"))],
+            "Examples (from other datasets: none of this model's data is bundled)")
+
+
+def pairs_for(model: TarFlow) -> list[list[str]]:
+    """Interpolation example pairs of the model's own dataset (all pairs when it has none)."""
+    prefix = _prefix(model)
+    chosen = [PAIRS[prefix]] if prefix in PAIRS else list(PAIRS.values())
+    return [[str(EXAMPLES / f"{a}.png"), str(EXAMPLES / f"{b}.png")] for a, b in chosen
+            if (EXAMPLES / f"{a}.png").is_file() and (EXAMPLES / f"{b}.png").is_file()]
 
 
 def model_info(model_key: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
@@ -70,3 +108,17 @@ def model_info(model_key: str, progress: gr.Progress = gr.Progress(track_tqdm=Tr
                   label=f"Add the training noise first (σ = {model.noise_std:g})"),
         gr.update(value=float(rec.get("temperature", 1.0))),
     )
+
+
+def picked(model_key: str) -> tuple[str, Any, Any]:
+    """After a successful pick: it becomes the model to return to, and the examples are its data's:
+    (working key, invert examples, interpolation pairs)."""
+    model = load_model(model_key)
+    files, heading = examples_for(model)
+    return (str(model_key), gr.Dataset(samples=[[f] for f in files], label=heading),
+            gr.Dataset(samples=pairs_for(model)))
+
+
+def back_to(working_key: str) -> str:
+    """After a failed pick: the picker shows the model that still works (its card never changed)."""
+    return working_key

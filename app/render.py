@@ -7,6 +7,7 @@ Figures use matplotlib's object API (no pyplot), so concurrent requests never sh
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,7 +18,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-from tarflow.images import grid as tile
 from tarflow.sampling import to_uint8
 
 GRID_TARGET_PX = 560  # displayed grids aim for about this width
@@ -55,25 +55,102 @@ def grid_layout(num: int) -> int:
     return min(8, math.ceil(math.sqrt(num)))
 
 
-def sample_grid(images: torch.Tensor | np.ndarray, nrow: int | None = None, scale: int | None = None,
-                pad: int = 2) -> tuple[np.ndarray, int]:
-    """A batch as one enlarged grid image; returns (grid, scale used)."""
-    arr = as_uint8(images) if isinstance(images, torch.Tensor) else images
-    nrow = nrow or grid_layout(arr.shape[0])
-    g = tile(arr, nrow=nrow, pad=pad, fill=GUTTER)
-    k = scale or display_scale(g.shape[1])
-    return squeeze_grey(enlarge(g, k)), k
+@dataclass(frozen=True)
+class GridLayout:
+    """Where each image of a batch sits in a grid: ``cells[i]`` = (row, column) of image i;
+    ``row_names`` label some rows (drawn in a margin on the left)."""
 
+    rows: int
+    cols: int
+    cells: tuple[tuple[int, int], ...]
+    row_names: tuple[tuple[int, str], ...] = ()
 
-def grid_index(x: int, y: int, num: int, size: int, scale: int, pad: int = 2) -> int | None:
-    """Which image of a ``sample_grid`` the display pixel (x, y) falls in (None for a gutter)."""
-    nrow = grid_layout(num)
-    cell = (size + pad) * scale
-    col, row = (x - pad * scale) // cell, (y - pad * scale) // cell
-    if not (0 <= col < nrow and row >= 0) or (x - pad * scale) % cell >= size * scale:
+    def at(self, row: int, col: int) -> int | None:
+        """The image in (row, col), or None for an empty cell."""
+        for i, cell in enumerate(self.cells):
+            if cell == (row, col):
+                return i
         return None
-    i = int(row * nrow + col)
-    return i if i < num else None
+
+
+def plain_layout(num: int) -> GridLayout:
+    """Row-major, as square as possible, at most 8 wide (``grid_layout``)."""
+    cols = grid_layout(num)
+    return GridLayout(math.ceil(num / cols), cols, tuple(divmod(i, cols) for i in range(num)))
+
+
+def class_layout(labels: list[int], names: list[str], most: int = 8) -> GridLayout:
+    """One group of rows per class, in the order the classes first appear, named in the margin;
+    a class with more than ``most`` images wraps onto more rows. Without labels: ``plain_layout``."""
+    if not labels or all(y < 0 for y in labels):
+        return plain_layout(len(labels))
+    order: list[int] = []
+    for y in labels:
+        if y not in order:
+            order.append(y)
+    groups = {y: [i for i, v in enumerate(labels) if v == y] for y in order}
+    cols = min(most, max(len(g) for g in groups.values()))
+    cells: list[tuple[int, int]] = [(0, 0)] * len(labels)
+    names_at, row = [], 0
+    for y in order:
+        names_at.append((row, names[y] if y >= 0 else "no label"))
+        for k, i in enumerate(groups[y]):
+            cells[i] = (row + k // cols, k % cols)
+        row += math.ceil(len(groups[y]) / cols)
+    return GridLayout(row, cols, tuple(cells), tuple(names_at))
+
+
+def label_margin(layout: GridLayout, font_px: int = 14) -> int:
+    """Width in display pixels of the margin for the row names (0 without names)."""
+    if not layout.row_names:
+        return 0
+    font = _font(font_px)
+    return int(max(font.getlength(name) for _, name in layout.row_names)) + 14
+
+
+def layout_grid(images: np.ndarray, layout: GridLayout, scale: int, pad: int = 2,
+                highlight: int | None = None, margin: int | None = None) -> np.ndarray:
+    """uint8 images (B, H, W, C) placed by ``layout``, enlarged ``scale`` times, row names drawn in a
+    left margin, image ``highlight`` framed in the accent colour. RGB when there are names or a
+    frame, else like the images."""
+    B, H, W, C = images.shape
+    out = np.full((layout.rows * (H + pad) + pad, layout.cols * (W + pad) + pad, C), GUTTER, np.uint8)
+    for i, (r, c) in enumerate(layout.cells[:B]):
+        y, x = pad + r * (H + pad), pad + c * (W + pad)
+        out[y : y + H, x : x + W] = images[i]
+    big = enlarge(out, scale)
+    margin = label_margin(layout) if margin is None else margin
+    if not margin and highlight is None:
+        return squeeze_grey(big)
+    canvas = Image.new("RGB", (big.shape[1] + margin, big.shape[0]), "white")
+    canvas.paste(Image.fromarray(squeeze_grey(big)).convert("RGB"), (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    cell = (H + pad) * scale
+    for row, name in layout.row_names if margin else ():
+        draw.text((margin - 8, pad * scale + row * cell + H * scale / 2), name, fill=INK, font=_font(14),
+                  anchor="rm")
+    if highlight is not None and 0 <= highlight < B:
+        r, c = layout.cells[highlight]
+        x0, y0 = margin + c * cell, r * cell
+        width = max(2, pad * scale)
+        draw.rectangle((x0, y0, x0 + cell + pad * scale - 1, y0 + cell + pad * scale - 1), outline=ACCENT,
+                       width=width)
+    return np.asarray(canvas)
+
+
+def layout_index(x: int, y: int, layout: GridLayout, size: int, scale: int, pad: int = 2,
+                 margin: int = 0) -> int | None:
+    """Which image of a ``layout_grid`` the display pixel (x, y) falls in (None: margin, gutter, empty)."""
+    x -= margin
+    cell = (size + pad) * scale
+    if x < pad * scale or y < pad * scale:
+        return None
+    col, row = (x - pad * scale) // cell, (y - pad * scale) // cell
+    if (x - pad * scale) % cell >= size * scale or (y - pad * scale) % cell >= size * scale:
+        return None
+    if not (0 <= col < layout.cols and 0 <= row < layout.rows):
+        return None
+    return layout.at(int(row), int(col))
 
 
 @lru_cache(maxsize=8)
@@ -188,20 +265,28 @@ def histogram(values: np.ndarray, title: str) -> np.ndarray:
     return _to_array(fig)
 
 
-def posterior(names: list[str], probs: np.ndarray, top: int = 10) -> np.ndarray:
-    """Horizontal bar chart of p(class | image), most likely first (at most ``top`` bars)."""
+def posterior(names: list[str], probs: np.ndarray, margins: np.ndarray | None = None, calibrated: bool = False,
+              top: int = 10) -> np.ndarray:
+    """Horizontal bar chart of p(class | image), most likely first (at most ``top`` bars); with
+    ``margins``, each bar also says how many bits less likely the image is under that class."""
     order = np.argsort(-probs)[:top]
     labels = [names[i] for i in order][::-1]
     values = probs[order][::-1]
+    behind = None if margins is None else margins[order][::-1]
     fig = _figure(4.6, 0.34 * len(order) + 0.9)
     ax = fig.subplots()
     colors = ["#c4b5fd"] * (len(order) - 1) + [ACCENT]
     ax.barh(range(len(order)), values, color=colors, height=0.7)
     ax.set_yticks(range(len(order)), labels, fontsize=8.5)
-    ax.set_xlim(0, 1.12)
+    ax.set_xlim(0, 1.45 if behind is not None else 1.12)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
     for i, v in enumerate(values):
-        ax.text(v + 0.01, i, f"{v:.1%}" if v >= 0.001 else f"{v:.0e}", va="center", fontsize=8, color="#333")
-    ax.set_xlabel("p(class | image), uniform prior", fontsize=8)
+        text = f"{v:.1%}" if v >= 0.001 else f"{v:.0e}"
+        if behind is not None:
+            text += "  · best" if behind[i] == 0 else f"  · −{behind[i]:.1f} bits"
+        ax.text(v + 0.01, i, text, va="center", fontsize=8, color="#333")
+    ax.set_xlabel("p(class | image), " + ("calibrated on held-out images" if calibrated else
+                                          "uniform prior, not calibrated"), fontsize=8)
     _style(ax)
     fig.tight_layout()
     return _to_array(fig)

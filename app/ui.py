@@ -1,8 +1,9 @@
 """The page: layout and event wiring, declared in one place (``build_demo``).
 
 Public API endpoints (``gradio_client`` names): ``/model_info``, ``/generate`` (streams),
-``/inspect``, ``/invert``, ``/interpolate``. Helpers the page needs but the API does not
-(grid clicks, the sketchpad, invert-on-upload) are private.
+``/inspect``, ``/frame``, ``/animation``, ``/compare`` (streams), ``/invert``, ``/interpolate``.
+Helpers the page needs but the API does not (grid clicks, the sketchpad, invert-on-upload, the
+player's play / pause / step buttons, sending an image to another tab) are private.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from app import checks, picker
 from app.components import SafeImage
 from app.gpu import on_gpu
 from app.models import ModelLoadError, default_key, pick_device
-from app.tabs import generate, interpolate, invert
+from app.runs import RUNS
+from app.tabs import compare, generate, interpolate, invert, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
-EXAMPLES = ASSETS / "examples"
 LEARN = Path(__file__).resolve().parent / "learn.md"
 
 TITLE = "TarFlow · a Transformer normalizing flow"
@@ -41,11 +42,19 @@ CSS = """
 #tf-samples .image-frame, #tf-raw .image-frame { width: 100%; }
 #tf-samples img, #tf-raw img { width: 100%; height: auto; object-fit: contain; image-rendering: pixelated; }
 .tf-fig-title { margin: 6px 0 -6px 2px; font-weight: 600; font-size: 0.92rem; }
-.tf-fig-title p { margin: 0; }
+.tf-fig-title p { margin: 0; line-height: 1.45; padding-bottom: 2px; }
 .tf-note { font-size: 0.85rem; color: var(--body-text-color-subdued); }
 .tf-footer { font-size: 0.8rem; color: var(--body-text-color-subdued); text-align: center; }
 #tf-generate { min-height: 48px; font-size: 1.05rem; }
 #tf-figure { position: sticky; top: 12px; align-self: flex-start; }
+#tf-frame img { image-rendering: pixelated; object-fit: contain; }
+#tf-compare img { width: 100%; height: auto; object-fit: contain; }
+.tf-player button { min-width: 44px; }
+.katex-display { overflow-x: auto; overflow-y: hidden; padding: 2px 0; }
+@media (max-width: 640px) {
+  .tf-header h1 { font-size: 1.5rem; }
+  .tf-card { min-width: 100% !important; }
+}
 """
 
 
@@ -77,13 +86,15 @@ def _initial() -> dict[str, Any]:
     start = {"key": key, "card": "", "classes": [], "class_choices": [], "guidance": 2.0, "kind": generate.KIND_CLASS,
              "attn": 1.0, "sigma": 0.1, "denoise": True, "num": 16, "conditional": True,
              "condition_choices": [("Most likely class", checks.AUTO), ("No label", checks.NO_LABEL)],
-             "interp_choices": [("No label", checks.NO_LABEL)], "noise": 0.0, "temperature": 1.0}
+             "interp_choices": [("No label", checks.NO_LABEL)], "noise": 0.0, "temperature": 1.0,
+             "examples": [], "examples_label": "Examples", "pairs": []}
     if key is None:
         start["card"] = ("No local model found: put one in `checkpoints/<name>/` or set `TARFLOW_MODELS_DIR`, "
                          "or pick a reference checkpoint above (downloaded on request).")
         return start
     try:
         info = picker.model_info(key, progress=None)
+        model = checks.load_model(key)
     except (gr.Error, ModelLoadError) as e:
         start["card"] = f"Could not load {key}: {e}"
         return start
@@ -93,14 +104,9 @@ def _initial() -> dict[str, Any]:
                  attn=attn["value"], sigma=sigma["value"], denoise=denoise["value"], num=num["value"],
                  condition_choices=condition["choices"], interp_choices=interp["choices"], noise=sigma["value"],
                  temperature=temperature["value"])
+    start["examples"], start["examples_label"] = picker.examples_for(model)
+    start["pairs"] = picker.pairs_for(model)
     return start
-
-
-def _examples(*patterns: str) -> list[str]:
-    files: list[Path] = []
-    for p in patterns:
-        files += sorted(EXAMPLES.glob(p))
-    return [str(f) for f in files]
 
 
 def _figure(title: str, **kwargs: Any) -> gr.Image:
@@ -110,12 +116,20 @@ def _figure(title: str, **kwargs: Any) -> gr.Image:
     return gr.Image(show_label=False, format="png", interactive=False, **kwargs)
 
 
-def _pairs() -> list[list[str]]:
-    """Interpolation examples: two images of one dataset each."""
-    wanted = [("mnist-3", "mnist-7"), ("fashion-sneaker", "fashion-ankle-boot"),
-              ("emoji-smileys-emotion", "emoji-animals-nature")]
-    return [[str(EXAMPLES / f"{a}.png"), str(EXAMPLES / f"{b}.png")] for a, b in wanted
-            if (EXAMPLES / f"{a}.png").is_file() and (EXAMPLES / f"{b}.png").is_file()]
+def _send(run_id: str, index: float) -> tuple[str, Any]:
+    """The inspected generated image as a file for an input on the Invert tab, and that tab shown."""
+    run = RUNS.get(run_id)
+    i = checks.number(index, "Image number", 1, run.images.shape[0], integer=True) - 1
+    return str(generate.image_file(run, i)), gr.Tabs(selected="invert")
+
+
+def _fresh_page() -> tuple:
+    """Every result emptied after another model is picked (they belonged to the old one): the
+    Generate outputs, the Invert outputs, interpolation, comparison and animation."""
+    off = gr.update(value=None, interactive=False)
+    generate_part = (None, "Press **Generate** to watch noise become images, block by block.", *generate._cleared())
+    invert_part = (None, None, None, None, "", None, "", None, "")
+    return generate_part + invert_part + (None, "", None, off, gr.update(value=None, visible=False))
 
 
 def _invert_if_image(model: str, image: str | None, condition: str, precision: str, add_noise: bool,
@@ -133,13 +147,14 @@ def build_demo() -> gr.Blocks:
         gr.HTML(f'<div class="tf-header"><h1>TarFlow <span>· Transformer autoregressive flow</span></h1>'
                 f"<p>{TAGLINE}</p></div>")
         with gr.Row(equal_height=True):
+            working = gr.State(s["key"])  # the last model that loaded: the picker returns to it after a failed pick
             model = gr.Dropdown(
                 picker.model_choices(), value=s["key"], label="Model", allow_custom_value=True, scale=2,
                 info="bundled, a listed reference checkpoint (downloaded when picked), or type a folder / Hub id",
             )
             card = gr.Markdown(s["card"], elem_classes="tf-card")
 
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             # ---------------------------------------------------------------- Generate
             with gr.Tab("Generate", id="generate"):
                 with gr.Row():
@@ -153,6 +168,7 @@ def build_demo() -> gr.Blocks:
                         with gr.Row(equal_height=True):
                             seed = gr.Number(0, label="Seed", precision=None, step=1, scale=3)
                             dice = gr.Button("Random", scale=1, min_width=70, size="sm")
+                        run = gr.Button("Generate", variant="primary", elem_id="tf-generate")
                         guidance = gr.Slider(0, generate.MAX_GUIDANCE, value=s["guidance"], step=0.1,
                                              label="Guidance scale w",
                                              info="0 = plain sampling; 1-4 typical; too high overflows")
@@ -161,7 +177,8 @@ def build_demo() -> gr.Blocks:
                                             info="the weak prediction that w pushes away from")
                             attn_temp = gr.Slider(0.1, 4, value=s["attn"], step=0.05, label="Attention temperature",
                                                   info="of the weak pass, for attention-temperature guidance")
-                            annealed = gr.Checkbox(False, label="Annealed: w grows from 0 over each block")
+                            annealed = gr.Checkbox(False, label="Annealed: w ramps from w/(T−1) to w over each "
+                                                               "block's T tokens")
                             guide_what = gr.Radio(generate.GUIDE_WHAT, value="ab", label="Guide which outputs")
                         temperature = gr.Slider(0.1, 1.5, value=s["temperature"], step=0.05, label="Prior temperature",
                                                 info="z ~ N(0, T²): lower = smoother, less varied")
@@ -170,8 +187,8 @@ def build_demo() -> gr.Blocks:
                             slow = gr.Checkbox(False, label="Slow motion")
                         sigma = gr.Slider(0, 0.5, value=s["sigma"], step=0.01, label="Noise level σ for denoising",
                                           info="the model's training noise is the right value")
-                        run = gr.Button("Generate", variant="primary", elem_id="tf-generate")
-                    with gr.Column(scale=2, min_width=420):
+                        by_class = gr.Checkbox(True, label="One row per class, named on the grid")
+                    with gr.Column(scale=2, min_width=320):
                         status = gr.Markdown("Press **Generate** to watch noise become images, block by block.",
                                              elem_classes="tf-status", elem_id="tf-status")
                         with gr.Row(equal_height=True):
@@ -183,10 +200,32 @@ def build_demo() -> gr.Blocks:
                                 raw = _figure("Before denoising (raw flow output)", elem_classes="tf-pixels",
                                               elem_id="tf-raw", buttons=["fullscreen"],
                                               placeholder="the flow's own output, before the score step")
-                        with gr.Row():
-                            pick = gr.Slider(1, s["num"], value=1, step=1, label="Inspect image #", scale=3)
+                        with gr.Row(equal_height=True):
+                            pick = gr.Slider(1, max(2, s["num"]), value=1, step=1, label="Inspect image #", scale=3,
+                                             visible=s["num"] > 1)
                             download = gr.DownloadButton("Download grid (PNG)", interactive=False, size="md",
-                                                         scale=1, min_width=160)
+                                                         scale=1, min_width=150, elem_id="tf-download-grid")
+                            anim = gr.Button("Download animation (GIF)", size="md", scale=1, min_width=150,
+                                             elem_id="tf-anim")
+                        anim_file = gr.File(label="Animation of the whole grid forming (GIF)", visible=False,
+                                            elem_id="tf-anim-file", interactive=False)
+                        with gr.Group():
+                            gr.Markdown("**Step through it** · every recorded frame of the inspected image, "
+                                        "replayed without running the model again", elem_classes="tf-fig-title")
+                            with gr.Row(equal_height=True):
+                                frame_view = gr.Image(show_label=False, interactive=False, format="png",
+                                                      elem_id="tf-frame", height=240, width=240, buttons=[],
+                                                      scale=0, min_width=240,
+                                                      placeholder="after a run: the inspected image, frame by frame")
+                                with gr.Column(min_width=240):
+                                    frame_slider = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False,
+                                                             elem_id="tf-frame-slider")
+                                    with gr.Row(elem_classes="tf-player"):
+                                        back_btn = gr.Button("◀ Step", size="sm", min_width=60)
+                                        play_btn = gr.Button("▶ Play", size="sm", min_width=60, elem_id="tf-play")
+                                        pause_btn = gr.Button("❚❚ Pause", size="sm", min_width=60)
+                                        fwd_btn = gr.Button("Step ▶", size="sm", min_width=60)
+                                    frame_md = gr.Markdown(elem_classes="tf-note", elem_id="tf-frame-md")
                         strip = _figure("Its journey from noise to image, one flow block at a time",
                                         elem_id="tf-strip", buttons=["download"],
                                         placeholder="z, then the state after each inverted block, then x")
@@ -194,7 +233,34 @@ def build_demo() -> gr.Blocks:
                                        buttons=["download", "fullscreen"],
                                        placeholder="each pixel's share of −log₂ p(x), in bits")
                         heat_md = gr.Markdown(elem_classes="tf-note")
+                        with gr.Row():
+                            image_dl = gr.DownloadButton("Download image (PNG)", interactive=False, size="sm",
+                                                         elem_id="tf-download-image")
+                            to_invert = gr.Button("Send to Invert", size="sm")
+                            to_a = gr.Button("Use as interpolation A", size="sm")
+                            to_b = gr.Button("Use as interpolation B", size="sm")
                         run_id = gr.Textbox(visible=False, label="run id")
+
+            # ---------------------------------------------------------------- Compare
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        gr.Markdown("One z per row, one column per value of **one** setting: what that setting "
+                                    "alone changes. Model, classes, seed and every other setting come from the "
+                                    "**Generate** tab.", elem_classes="tf-note")
+                        sweep = gr.Radio(compare.SWEEPS, value="guidance", label="Sweep")
+                        sweep_values = gr.Textbox(compare.DEFAULT_VALUES["guidance"], label="Values",
+                                                  info=f"comma-separated, at most {compare.MAX_COLUMNS}; "
+                                                       "for classes: names (default: the chosen classes)")
+                        rows = gr.Slider(1, compare.MAX_ROWS, value=4, step=1, label="Images per column")
+                        compare_btn = gr.Button("Compare", variant="primary", elem_id="tf-compare-btn")
+                    with gr.Column(scale=2, min_width=320):
+                        compare_md = gr.Markdown("Press **Compare**: the columns form one after another.",
+                                                 elem_classes="tf-status", elem_id="tf-compare-status")
+                        compare_img = _figure("Side by side, from the same noise", elem_id="tf-compare",
+                                              buttons=["fullscreen"])
+                        compare_dl = gr.DownloadButton("Download figure (PNG)", interactive=False, size="md",
+                                                       elem_id="tf-compare-download")
 
             # ---------------------------------------------------------------- Invert
             with gr.Tab("Invert", id="invert"):
@@ -205,8 +271,9 @@ def build_demo() -> gr.Blocks:
                                 image = SafeImage(label="Image", type="filepath", image_mode=None,
                                                   sources=["upload", "clipboard"], elem_classes="tf-input",
                                                   elem_id="tf-upload", height=260)
-                                gr.Examples(_examples("mnist-*.png", "fashion-*.png", "emoji-*.png"), inputs=image,
-                                            label="Examples (held-out dataset images)", examples_per_page=16)
+                                inv_examples = gr.Dataset(components=[image], samples=[[f] for f in s["examples"]],
+                                                          label=s["examples_label"], samples_per_page=16,
+                                                          type="values", elem_id="tf-examples")
                             with gr.Tab("Draw"):
                                 gr.Markdown("Pick the **brush** beside the canvas, draw, then press "
                                             "**Invert this drawing**.", elem_classes="tf-note")
@@ -253,8 +320,8 @@ def build_demo() -> gr.Blocks:
                         interp_cond = gr.Dropdown(s["interp_choices"], value=checks.NO_LABEL, label="Label",
                                                   allow_custom_value=True)
                         interp_btn = gr.Button("Interpolate", variant="primary")
-                if _pairs():
-                    gr.Examples(_pairs(), inputs=[image_a, image_b], label="Example pairs")
+                pair_examples = gr.Dataset(components=[image_a, image_b], samples=s["pairs"], label="Example pairs",
+                                           type="values", elem_id="tf-pairs")
                 interp_strip = _figure("Decoded path from A to B", elem_id="tf-interp", buttons=["download"])
                 interp_md = gr.Markdown(elem_classes="tf-note")
 
@@ -278,25 +345,61 @@ def build_demo() -> gr.Blocks:
         # ---------------------------------------------------------------- events
         model_outputs = [card, classes, guidance, kind, attn_temp, sigma, denoise, num, condition, interp_cond,
                          add_noise, temperature]
-        model.change(picker.model_info, model, model_outputs, api_name="model_info", show_progress_on=card)
+        gen_outputs = [samples, status, raw, strip, heat, heat_md, download, run_id, pick, frame_slider, frame_view,
+                       frame_md, image_dl]
+        inv_outputs = [steps_img, forward, hist, back, recon_md, inv_heat, inv_heat_md, posterior, posterior_md]
+        # A failed pick leaves the picker on the model that works (the card and controls never changed).
+        picked = model.input(picker.model_info, model, model_outputs, api_name="model_info", show_progress_on=card)
+        picked.failure(picker.back_to, working, model, api_visibility="private", queue=False)
+        picked.success(picker.picked, model, [working, inv_examples, pair_examples], api_visibility="private").then(
+            _fresh_page, None, gen_outputs + inv_outputs + [interp_strip, interp_md, compare_img, compare_dl,
+                                                            anim_file], api_visibility="private", queue=False)
         denoise.change(lambda on: gr.update(visible=bool(on)), denoise, raw_col, api_visibility="private",
                        queue=False)
         dice.click(None, None, seed, js="() => Math.floor(Math.random() * 1000000)")
 
-        gen_outputs = [samples, status, raw, strip, heat, heat_md, download, run_id, pick]
         gen_inputs = [model, classes, num, seed, guidance, kind, attn_temp, annealed, guide_what, temperature, denoise,
-                      sigma, slow]
-        run.click(on_gpu(generate.generate), gen_inputs, gen_outputs, api_name="generate", show_progress_on=status,
-                  **heavy)
-        pick.release(on_gpu(generate.inspect), [run_id, pick], [strip, heat, heat_md], api_name="inspect")
+                      sigma, slow, by_class]
+        run.click(lambda: gr.update(visible=False, value=None), None, anim_file, api_visibility="private",
+                  queue=False).then(on_gpu(generate.generate), gen_inputs, gen_outputs, api_name="generate",
+                                    show_progress_on=status, **heavy)
+        inspect_outputs = [samples, strip, heat, heat_md, frame_slider, frame_view, frame_md, image_dl]
+        pick.release(on_gpu(generate.inspect), [run_id, pick], inspect_outputs, api_name="inspect")
         samples.select(generate.pick_from_grid, run_id, pick, api_visibility="private").then(
-            on_gpu(generate.inspect), [run_id, pick], [strip, heat, heat_md], api_visibility="private")
+            on_gpu(generate.inspect), [run_id, pick], inspect_outputs, api_visibility="private")
 
-        inv_outputs = [steps_img, forward, hist, back, recon_md, inv_heat, inv_heat_md, posterior, posterior_md]
+        # the step-through player: recorded frames only, so no model runs and no GPU is needed
+        player = [run_id, pick, frame_slider]
+        frame_slider.release(replay.frame, player, [frame_view, frame_md], api_name="frame")
+        back_btn.click(lambda r, p, f: replay.step(r, p, f, -1), player, [frame_slider, frame_view, frame_md],
+                       api_visibility="private")
+        fwd_btn.click(lambda r, p, f: replay.step(r, p, f, 1), player, [frame_slider, frame_view, frame_md],
+                      api_visibility="private")
+        playing = play_btn.click(replay.play, player, [frame_slider, frame_view, frame_md], api_visibility="private")
+        pause_btn.click(None, None, None, cancels=[playing], api_visibility="private")
+        anim.click(replay.animation, run_id, anim_file, api_name="animation").success(
+            lambda: gr.update(visible=True), None, anim_file, api_visibility="private", queue=False)
+
+        compare_inputs = [model, classes, rows, seed, guidance, kind, attn_temp, annealed, guide_what, temperature,
+                          denoise, sigma, sweep, sweep_values]
+        compare_btn.click(on_gpu(compare.compare), compare_inputs, [compare_img, compare_md, compare_dl],
+                          api_name="compare", show_progress_on=compare_md, **heavy)
+        sweep.change(lambda k: compare.DEFAULT_VALUES.get(k, ""), sweep, sweep_values, api_visibility="private",
+                     queue=False)
+
+        to_invert.click(_send, [run_id, pick], [image, tabs], api_visibility="private")
+        to_a.click(_send, [run_id, pick], [image_a, tabs], api_visibility="private").then(
+            None, js="() => document.getElementById('tf-a')?.scrollIntoView({block: 'center'})")
+        to_b.click(_send, [run_id, pick], [image_b, tabs], api_visibility="private").then(
+            None, js="() => document.getElementById('tf-b')?.scrollIntoView({block: 'center'})")
+
         inv_inputs = [model, image, condition, precision, add_noise]
         invert_btn.click(on_gpu(invert.invert), inv_inputs, inv_outputs, api_name="invert", **heavy)
         image.change(on_gpu(_invert_if_image), inv_inputs, inv_outputs, api_visibility="private", **heavy)
         use_drawing.click(invert.drawing_to_file, sketch, image, api_visibility="private")
+        inv_examples.click(lambda sample: sample[0], inv_examples, image, api_visibility="private")
+        pair_examples.click(lambda sample: tuple(sample[:2]), pair_examples, [image_a, image_b],
+                            api_visibility="private")
         interp_inputs = [model, image_a, image_b, interp_steps, interp_path, interp_cond]
         interp_btn.click(on_gpu(interpolate.interpolate), interp_inputs, [interp_strip, interp_md],
                          api_name="interpolate", **heavy)

@@ -24,7 +24,8 @@ from gradio_client.exceptions import AppError  # noqa: E402
 EXAMPLES = ROOT / "assets" / "examples"
 NUMBER = r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)"
 GENERATE = dict(model_key="tiny-cond", classes=["star", "circle"], num=6, seed=0, guidance=1.0, kind="class",
-                attn_temp=1.0, annealed=False, guide_what="ab", temperature=1.0, denoise=True, sigma=0.1, slow=False)
+                attn_temp=1.0, annealed=False, guide_what="ab", temperature=1.0, denoise=True, sigma=0.1, slow=False,
+                rows_by_class=True)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,8 @@ def png_size(path: str) -> tuple[int, int]:
 
 def test_the_api_is_exactly_the_documented_endpoints(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/model_info", "/generate", "/inspect", "/invert", "/interpolate"}
+    assert set(api["named_endpoints"]) == {"/model_info", "/generate", "/inspect", "/frame", "/animation", "/compare",
+                                           "/invert", "/interpolate"}
     params = [p["parameter_name"] for p in api["named_endpoints"]["/generate"]["parameters"]]
     assert params == list(GENERATE)
 
@@ -76,18 +78,20 @@ def test_generate_streams_every_block_and_returns_sized_outputs(client):
     assert len(updates) >= 2 + 2
     final = job.result()
     assert final[1].startswith("**Done**")
-    samples, raw, strip, heat, caption, download, run_id, pick = final[0], *final[2:]
-    # 6 images of 8x8 in rows of 3 with 2 px gutters: 32 x 22 native, shown 8x enlarged
-    assert png_size(samples) == (256, 176)
-    assert png_size(raw) == (256, 176)
-    assert png_size(download["value"] if isinstance(download, dict) else download) == (256, 176)
+    samples, raw, strip, heat, caption, download, run_id, pick = final[0], *final[2:9]
+    # one row per class, 3 images of 8x8 each with 2 px gutters: 32 x 22 native, shown 8x enlarged,
+    # right of a margin with the class names
+    width, height = png_size(samples)
+    assert height == 176 and 256 < width < 256 + 120
+    assert png_size(raw) == (width, height)
+    assert png_size(download["value"] if isinstance(download, dict) else download) == (width, height)
     assert png_size(heat)[0] > png_size(heat)[1] > 100
     assert png_size(strip)[0] > 5 * png_size(strip)[1] / 2
     assert "bits/dim" in caption
     assert re.fullmatch(r"[0-9a-f]{12}", run_id)
     assert pick["maximum"] == 6
 
-    strip2, heat2, caption2 = client.predict(run_id, 4, api_name="/inspect")
+    grid2, strip2, heat2, caption2, *_ = client.predict(run_id, 4, api_name="/inspect")
     assert caption2.startswith("**Image 4**") and png_size(heat2) == png_size(heat)
     with pytest.raises(AppError, match="no longer kept"):
         client.predict("000000000000", 1, api_name="/inspect")

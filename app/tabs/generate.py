@@ -1,4 +1,5 @@
-"""The Generate tab: sample a batch, streaming it as the flow inverts, then inspect one image."""
+"""The Generate tab: sample a batch, streaming it as the flow inverts and recording frames of it
+for the step-through player and the animation, then inspect one image."""
 
 from __future__ import annotations
 
@@ -16,24 +17,36 @@ import torch
 
 from app import captions, checks, render
 from app.inputs import to_model
-from app.runs import RUNS, Run, new_folder
+from app.models import model_folder
+from app.runs import RUNS, FrameInfo, Run
+from app.tabs.replay import frame_view
+from tarflow.heldout import HeldOutRange, image_bits_per_dim
 from tarflow.images import save_png
 from tarflow.likelihood import nll_map
 from tarflow.model import TarFlow
-from tarflow.sampling import Samples, SampleSettings, sample_stream
+from tarflow.sampling import Samples, SampleSettings, resolve_labels, sample_stream, to_uint8
 
 MAX_IMAGES = int(os.environ.get("TARFLOW_MAX_IMAGES", "64"))
 MAX_SEED = 2**32 - 1
 MAX_GUIDANCE = 20.0  # well past useful values, so that overflow can be seen (and is reported)
-SATURATED = 10.0  # |x| of a raw sample beyond this means guidance pushed far outside [-1, 1]
 FRAMES_PER_BLOCK = 7  # streamed updates inside each block: visible filling without flooding the page
-FRAME_TARGET_PX = 240  # streamed frames are sent small (cheap to encode and fetch); the page enlarges them crisply
 FRAME_INTERVAL = float(os.environ.get("TARFLOW_FRAME_INTERVAL", "0.03"))  # s; makes the animation watchable
 SLOW_INTERVAL = 0.2  # "slow motion"
+# Recorded frames (for the step-through player and the GIF) are uint8 and bounded per run: at most
+# RECORD_PER_BLOCK per block, MAX_FRAMES in all, and FRAME_BYTES of pixels (runs kept: runs.RUNS_KEPT).
+RECORD_PER_BLOCK = 24
+MAX_FRAMES = 160
+FRAME_BYTES = int(os.environ.get("TARFLOW_FRAME_BYTES", str(8 << 20)))
+# A batch with more than SATURATED_SHARE of its raw values beyond +-SATURATED, or whose median
+# bits/dim is above the held-out 99th percentile, is measurably off. Measured on the bundled models
+# (16 samples, seed 0): at guidance 0-2 at most 0.02% of values pass 1.5; at 8, 0.6-2.7%.
+SATURATED, SATURATED_SHARE = 1.5, 0.005
+IMAGE_PX = 256  # single-image downloads are enlarged to about this size
 
 KIND_CLASS, KIND_ATTN = "class", "attention"
 GUIDANCE_KINDS = [("Class: label vs. no label", KIND_CLASS), ("Attention temperature", KIND_ATTN)]
 GUIDE_WHAT = [("scale a and shift b", "ab"), ("log-scale a only", "a"), ("shift b only", "b")]
+NUM_OUTPUTS = 13
 
 
 def _settings(model: TarFlow, classes: Any, num: Any, seed: Any, guidance: Any, kind: Any, attn_temp: Any,
@@ -69,55 +82,89 @@ def _warn_if_guidance_idle(guidance: float, kind: str, attn: float, labels: list
 
 def generate(model_key: str, classes: list[str] | None, num: int, seed: int, guidance: float, kind: str,
              attn_temp: float, annealed: bool, guide_what: str, temperature: float, denoise: bool, sigma: float,
-             slow: bool = False, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[tuple]:
+             slow: bool = False, rows_by_class: bool = True,
+             progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[tuple]:
     """Sample, streaming the batch as the flow inverts (every few tokens and at each block's end).
 
-    Yields 9 outputs: (samples grid, status, raw grid, latent strip, heatmap, heatmap caption,
-    download path, run id, inspect slider); streaming updates change only the first two.
+    Yields 13 outputs: (samples grid, status, raw grid, latent strip, heatmap, heatmap caption,
+    grid download, run id, inspect slider, frame slider, frame picture, frame caption, image
+    download); streaming updates change only the first two. A failed run ends with every output
+    cleared and the reason in the status line (then the error itself).
     """
+    try:
+        yield from _generate(model_key, classes, num, seed, guidance, kind, attn_temp, annealed, guide_what,
+                             temperature, denoise, sigma, slow, rows_by_class, progress)
+    except gr.Error as e:
+        yield (None, f"**Failed** · {e.message}", *_cleared())
+        raise
+
+
+def _cleared() -> tuple:
+    """Every output after (grid, status) emptied: nothing of an earlier run stays on the page."""
+    off = gr.update(value=None, interactive=False)
+    return (None, None, None, "", off, "", gr.update(value=1, maximum=2, visible=False),
+            gr.update(value=0, maximum=1, interactive=False), None, "", off)
+
+
+def _generate(model_key: str, classes: Any, num: Any, seed: Any, guidance: Any, kind: Any, attn_temp: Any,
+              annealed: Any, guide_what: Any, temperature: Any, denoise: Any, sigma: Any, slow: Any,
+              rows_by_class: Any, progress: gr.Progress) -> Iterator[tuple]:
     started = time.perf_counter()
     model = checks.load_model(model_key, progress)
     settings = _settings(model, classes, num, seed, guidance, kind, attn_temp, annealed, guide_what,
                          temperature, denoise, sigma)
-    stages: list[torch.Tensor] = []
-    interval = SLOW_INTERVAL if slow else FRAME_INTERVAL
-    samples = yield from _stream(model, settings, stages, interval, started, progress)
-    _warn_if_saturated(samples.raw)
+    labels = resolve_labels(model, settings.classes, settings.num).tolist()
+    layout = (render.class_layout(labels, list(model.class_names)) if rows_by_class
+              else render.plain_layout(settings.num))
+    run = Run(model_key=str(model_key), frames=[], frame_info=[], images=torch.empty(0), raw=torch.empty(0),
+              labels=torch.tensor(labels), denoised=settings.denoise, class_names=list(model.class_names),
+              scale=render.display_scale(layout.cols * (model.img_size + 2) + 2), layout=layout,
+              margin=render.label_margin(layout), num_blocks=model.num_blocks)
+    samples = yield from _stream(model, settings, run, SLOW_INTERVAL if slow else FRAME_INTERVAL, started,
+                                 progress)
+    run.images, run.raw = samples.images, samples.raw
+    _warn_if_off(model, run, settings)
     progress(1.0, desc="denoising and drawing")
-    final, scale = render.sample_grid(samples.images)
-    run = Run(model_key=str(model_key), stages=stages, images=samples.images, raw=samples.raw,
-              labels=samples.labels, denoised=settings.denoise, class_names=list(model.class_names), scale=scale,
-              files=[_save_grid(model, samples.images, settings.seed, scale)])
-    yield _results(model, settings, run, final, kind == KIND_CLASS, started)
+    yield _results(model, settings, run, kind == KIND_CLASS, started)
 
 
-def _stream(model: TarFlow, settings: SampleSettings, stages: list[torch.Tensor], interval: float, started: float,
+def record_every(model: TarFlow, num: int) -> int:
+    """Tokens between recorded frames, so that a run's frames stay within MAX_FRAMES and FRAME_BYTES."""
+    fit = FRAME_BYTES // max(1, num * model.num_dims)
+    per_block = min(RECORD_PER_BLOCK, (min(MAX_FRAMES, fit) - 1) // model.num_blocks)
+    return math.ceil(model.num_tokens / max(1, per_block))
+
+
+def _stream(model: TarFlow, settings: SampleSettings, run: Run, interval: float, started: float,
             progress: gr.Progress) -> Generator[tuple, None, Samples]:
-    """Yield (grid, status) for the batch every few tokens and at each block's end, paced by
-    ``interval`` seconds; append the batch after each block to ``stages``; return the samples."""
-    every = max(1, math.ceil(model.num_tokens / FRAMES_PER_BLOCK))
-    skip = (gr.skip(),) * 7
-    last, frame_scale = 0.0, None
+    """Record frames into ``run`` and yield (grid, status) every few tokens and at each block's end,
+    paced by ``interval`` seconds; return the samples."""
+    every = record_every(model, settings.num)
+    shown_every = max(1, math.ceil(model.num_tokens / FRAMES_PER_BLOCK))
+    cap = max(MAX_FRAMES, model.num_blocks + 1)
+    last, last_bucket, first = 0.0, None, True
     try:
         for item in sample_stream(model, settings, every=every):
             if isinstance(item, Samples):
                 return item
+            frame = to_uint8(item.latent).numpy()
+            if item.block_done or len(run.frames) < cap - model.num_blocks:
+                run.frames.append(frame)
+                run.frame_info.append(FrameInfo(item.stage, item.tokens, item.num_tokens))
             if item.block_done:
-                latent = item.latent.detach().cpu()
-                if not torch.isfinite(latent).all():
-                    raise FloatingPointError("sampling overflowed (non-finite values)")
-                stages.append(latent)
+                progress(item.stage / model.num_blocks, desc=f"{item.stage}/{model.num_blocks} blocks inverted")
+            bucket = (item.stage, item.tokens // shown_every)
+            if not item.block_done and bucket == last_bucket:
+                continue
+            last_bucket = bucket
             wait = interval - (time.perf_counter() - last)
             if wait > 0 and item.stage > 0:
                 time.sleep(wait)
-            if item.block_done:  # the status line shows tokens; the progress bar moves per block
-                progress(item.stage / model.num_blocks, desc=f"{item.stage}/{model.num_blocks} blocks inverted")
-            if frame_scale is None:
-                native = render.sample_grid(item.latent, scale=1)[0].shape[1]
-                frame_scale = render.display_scale(native, FRAME_TARGET_PX)
-            grid, _ = render.sample_grid(item.latent, scale=frame_scale)
+            grid = render.layout_grid(frame, run.layout, run.scale, margin=run.margin)
             last = time.perf_counter()
-            yield (grid, captions.sampling_status(item, model, last - started, settings.temperature_for(model))) + skip
+            status = captions.sampling_status(item, model, last - started, settings.temperature_for(model))
+            yield (grid, status, *(_cleared() if first else (gr.skip(),) * (NUM_OUTPUTS - 2)))
+            first = False
     except FloatingPointError:
         raise gr.Error(f"Sampling overflowed: guidance {settings.guidance:g} is too strong for this model "
                        "(the values became infinite). Lower the guidance scale (try 1-4) or the prior "
@@ -127,31 +174,60 @@ def _stream(model: TarFlow, settings: SampleSettings, stages: list[torch.Tensor]
     raise RuntimeError("the sampler stopped without returning its samples")
 
 
-def _warn_if_saturated(raw: torch.Tensor) -> None:
-    peak = float(raw.abs().max())
-    if peak > SATURATED:
-        gr.Warning(f"Guidance pushed pixel values far outside [-1, 1] (up to {peak:.3g}); the images are "
-                   "saturated. Lower the guidance scale.")
+def _warn_if_off(model: TarFlow, run: Run, settings: SampleSettings) -> None:
+    """Warn when the batch is measurably unlike the model's data: raw values far outside [-1, 1],
+    or bits/dim far above the held-out range (when the model folder has one)."""
+    share = float((run.raw.abs() > SATURATED).float().mean())
+    stored = model_folder(run.model_key)
+    held = HeldOutRange.load(stored) if stored else None
+    bpd = float(image_bits_per_dim(model, to_uint8(run.images).permute(0, 3, 1, 2)).median()) if held else None
+    problems = []
+    if share > SATURATED_SHARE:
+        problems.append(f"{share:.1%} of the raw pixel values lie beyond ±{SATURATED:g} (the image range is ±1)")
+    if held is not None and bpd is not None and bpd > held.pct(99):
+        problems.append(f"their median is {bpd:.2f} bits/dim, above 99% of this model's held-out images "
+                        f"({held.pct(1):.2f}-{held.pct(99):.2f})")
+    if problems and settings.guidance > 0:
+        gr.Warning("These samples are measurably off: " + "; ".join(problems) + ". Guidance extrapolates "
+                   "each step past what the model predicts, w times the gap to the weak prediction; large w "
+                   "pushes pixels past the range the model learnt, and the errors compound token by token. "
+                   "Lower the guidance scale.", title="Guidance too strong")
+    elif problems:
+        gr.Warning("These samples are measurably off: " + "; ".join(problems) + ".")
 
 
-def _results(model: TarFlow, settings: SampleSettings, run: Run, final: np.ndarray, class_guidance: bool,
-             started: float) -> tuple:
-    """The final 9 outputs, the first image inspected; keeps ``run`` so that its images can be inspected."""
-    raw_grid = render.sample_grid(run.raw, scale=run.scale)[0] if run.denoised else None
+def _results(model: TarFlow, settings: SampleSettings, run: Run, class_guidance: bool, started: float) -> tuple:
+    """The final 13 outputs, the first image inspected; keeps ``run`` so that its images can be inspected."""
+    final8 = to_uint8(run.images).numpy()
+    raw_grid = (render.layout_grid(to_uint8(run.raw).numpy(), run.layout, run.scale, margin=run.margin)
+                if run.denoised else None)
+    grid_file = _save_grid(model, final8, settings.seed, run)
     run_id = RUNS.put(run)
-    strip, heat, caption = _inspect(run, model, 0)
+    grid, strip, heat, caption, frames, view, view_md, image = _inspect(run, model, 0)
     status = captions.done_status(settings, model, class_guidance, time.perf_counter() - started)
-    download = gr.update(value=str(run.files[0]), interactive=True)
-    pick = gr.update(maximum=max(2, settings.num), value=1)  # a slider needs max > min
-    return final, status, raw_grid, strip, heat, caption, download, run_id, pick
+    download = gr.update(value=str(grid_file), interactive=True)
+    pick = gr.update(maximum=max(2, settings.num), value=1, visible=settings.num > 1)  # a slider needs max > min
+    return grid, status, raw_grid, strip, heat, caption, download, run_id, pick, frames, view, view_md, image
 
 
-def _save_grid(model: TarFlow, images: torch.Tensor, seed: int, scale: int) -> Path:
-    """The grid as a PNG to download, named after the data and the seed."""
-    native = render.sample_grid(images, scale=1)[0]
-    name = re.sub(r"[^A-Za-z0-9_-]+", "-", model.dataset).strip("-") or "samples"
-    return save_png(native.reshape(native.shape[0], native.shape[1], -1),
-                    new_folder() / f"tarflow-{name}-seed{seed}.png", scale=scale)
+def _slug(model: TarFlow) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", model.dataset).strip("-") or "samples"
+
+
+def _save_grid(model: TarFlow, final8: np.ndarray, seed: int, run: Run) -> Path:
+    """The grid as it is shown (row names included, nothing highlighted), to download."""
+    grid = render.layout_grid(final8, run.layout, run.scale, margin=run.margin)
+    path = run.folder / f"tarflow-{_slug(model)}-seed{seed}.png"
+    return save_png(grid.reshape(grid.shape[0], grid.shape[1], -1), path)
+
+
+def image_file(run: Run, i: int) -> Path:
+    """Image ``i`` of the run as a PNG (enlarged with crisp pixels), written once."""
+    path = run.folder / f"image-{i + 1}.png"
+    if not path.is_file():
+        x8 = to_uint8(run.images[i : i + 1]).numpy()[0]
+        save_png(x8, path, scale=render.display_scale(x8.shape[1], IMAGE_PX, most=32))
+    return path
 
 
 def _bits(model: TarFlow, x8: np.ndarray, label: int) -> np.ndarray:
@@ -162,26 +238,38 @@ def _bits(model: TarFlow, x8: np.ndarray, label: int) -> np.ndarray:
         return nll_map(model, x, y)[0].float().cpu().numpy()
 
 
-def _inspect(run: Run, model: TarFlow, i: int) -> tuple[Any, np.ndarray, str]:
-    nb = len(run.stages) - 1
-    panels = [("z ~ N(0, I)", render.as_uint8(run.stages[0][i : i + 1])[0])]
+def _journey(run: Run, i: int, native: int) -> Any:
+    stages = run.stages
+    nb = len(stages) - 1
+    panels = [("z ~ N(0, I)", stages[0][i])]
     for s in range(1, nb + 1):
-        label = f"x (after block {s})" if s == nb else f"after block {s}"
-        panels.append((label, render.as_uint8(run.stages[s][i : i + 1])[0]))
+        panels.append((f"x (after block {s})" if s == nb else f"after block {s}", stages[s][i]))
     if run.denoised:
-        panels.append(("denoised", render.as_uint8(run.images[i : i + 1])[0]))
-    strip = render.strip(panels, height=render.panel_height(run.images.shape[-1]))
+        panels.append(("denoised", to_uint8(run.images[i : i + 1]).numpy()[0]))
+    return render.strip(panels, height=render.panel_height(native))
+
+
+def _inspect(run: Run, model: TarFlow, i: int) -> tuple:
+    """(grid with image i framed, strip, heatmap, caption, frame slider, frame picture, frame caption,
+    image download) for image i (0-based)."""
     label = int(run.labels[i])
     name = run.class_names[label] if label >= 0 else None
-    x8 = render.as_uint8(run.images[i : i + 1])[0]
+    x8 = to_uint8(run.images[i : i + 1]).numpy()[0]
     bits = _bits(model, x8, label)
     bpd = float(bits.sum()) / model.num_dims
     heat = render.heatmap(x8, bits, f"image {i + 1} · {captions.heatmap_title(name, bpd)}")
-    return strip, heat, captions.inspect_caption(model, i + 1, name or "no label", bpd)
+    grid = render.layout_grid(to_uint8(run.images).numpy(), run.layout, run.scale, highlight=i, margin=run.margin)
+    last = len(run.frames) - 1
+    view, view_md = frame_view(run, i, last)
+    frames = gr.update(minimum=0, maximum=last, value=last, interactive=True)
+    image = gr.update(value=str(image_file(run, i)), interactive=True, label=f"Download image {i + 1} (PNG)")
+    caption = captions.inspect_caption(model, i + 1, name or "no label", bpd)
+    return grid, _journey(run, i, model.img_size), heat, caption, frames, view, view_md, image
 
 
-def inspect(run_id: str, index: float) -> tuple[Any, np.ndarray, str]:
-    """(latent strip, heatmap, caption) for image #index (1-based) of a generated run."""
+def inspect(run_id: str, index: float) -> tuple:
+    """For image #index (1-based) of a generated run: (grid with it framed, latent strip, heatmap,
+    caption, frame slider, frame picture, frame caption, image download)."""
     run = RUNS.get(run_id)
     num = run.images.shape[0]
     i = checks.number(index, "Image number", 1, num, integer=True) - 1
@@ -195,7 +283,6 @@ def pick_from_grid(run_id: str, evt: gr.SelectData) -> Any:
         run = RUNS.get(run_id)
     except gr.Error:
         return gr.skip()
-    num, _, size, _ = run.images.shape
     x, y = (evt.index or (0, 0))[:2]
-    i = render.grid_index(int(x), int(y), num, size, run.scale)
+    i = render.layout_index(int(x), int(y), run.layout, run.images.shape[-1], run.scale, margin=run.margin)
     return gr.skip() if i is None else i + 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,11 @@ from PIL import Image
 from app import captions, checks, render
 from app.checks import AUTO
 from app.inputs import BadImage, Fitted, sketch_to_image, to_model
-from app.runs import OUT_DIR, new_folder
-from tarflow.likelihood import classify, nll_map
+from app.models import model_folder
+from app.runs import OUT_DIR, new_folder, prune
+from tarflow.calibration import Calibration, margins_bits, noisy_class_log_likelihoods, posterior
+from tarflow.heldout import HeldOutRange, image_bits_per_dim
+from tarflow.likelihood import nll_map
 from tarflow.model import TarFlow
 from tarflow.sampling import Guidance, reverse_stream
 
@@ -45,11 +47,14 @@ def invert(model_key: str, image: str | None, condition: str = AUTO, precision: 
 
     # Classify the image itself: one noise draw would make the answer jumpier (the smoothed
     # densities p_σ(x | y) are all defined at the clean image).
-    probs = _posterior(model32, to_model(fitted.array, model32))
+    folder = model_folder(model_key)
+    cal = Calibration.load(folder) if folder else None
+    scores = _class_scores(model32, to_model(fitted.array, model32), cal)
     if cond == AUTO:
-        cond = int(np.argmax(probs)) if probs is not None else None
+        cond = int(np.argmax(scores)) if scores is not None else None
     y = None if cond is None else torch.tensor([cond], device=x.device)
     name = None if cond is None else model.class_names[cond]
+    typical, unusual = _typicality(model32, fitted, folder)
 
     steps = render.strip(fitted.steps, height=96, caption="; ".join(fitted.notes) or None)
     forward_strip, hist, z, outputs = _push_forward(model, x, y, shown, noisy)
@@ -57,9 +62,21 @@ def invert(model_key: str, image: str | None, condition: str = AUTO, precision: 
     reverse_strip, recon = _pull_back(model, z, y, x, outputs, precision)
     progress(0.8, desc="likelihood")
     heat, heat_md = _likelihood(model, x, y, shown, name)
-    chart = None if probs is None else render.posterior(model32.class_names, probs)
-    return (steps, forward_strip, hist, reverse_strip, recon, heat, heat_md, chart,
-            captions.posterior(model32, probs, noisy))
+    chart, chart_md = _classification(model32, scores, cal, noisy, unusual)
+    return steps, forward_strip, hist, reverse_strip, recon, heat, heat_md + typical, chart, chart_md
+
+
+def _classification(model: TarFlow, scores: np.ndarray | None, cal: Calibration | None, noisy: bool,
+                    unusual: bool) -> tuple[np.ndarray | None, str]:
+    """(chart of the calibrated p(class | x) with each class's margin in bits, its caption)."""
+    if scores is None:
+        return None, captions.no_posterior(model)
+    ll = torch.from_numpy(scores)[None]
+    probs = posterior(ll, cal.temperature if cal else 1.0)[0].numpy()
+    margins = margins_bits(ll)[0].numpy()
+    chart = render.posterior(model.class_names, probs, margins, calibrated=cal is not None)
+    raw = posterior(ll, 1.0)[0].numpy()
+    return chart, captions.posterior(model, probs, raw, cal, noisy, unusual)
 
 
 def _input(model: TarFlow, fitted: Fitted, add_noise: bool) -> tuple[torch.Tensor, np.ndarray, bool]:
@@ -75,12 +92,24 @@ def _input(model: TarFlow, fitted: Fitted, add_noise: bool) -> tuple[torch.Tenso
     return x, shown, True
 
 
-def _posterior(model: TarFlow, x: torch.Tensor) -> np.ndarray | None:
-    """p(class | x) with equal priors; None when there are no classes, or too many to score here."""
+def _class_scores(model: TarFlow, x: torch.Tensor, cal: Calibration | None) -> np.ndarray | None:
+    """log p(x | y) for every class, in nats, scored as the calibration was (its noise draws); None
+    when there are no classes, or too many to score here."""
     if not model.num_classes or model.num_classes > MAX_CLASSIFY:
         return None
-    with torch.no_grad():
-        return classify(model, x)[0].double().cpu().numpy()
+    draws = cal.noise_draws if cal else 0
+    return noisy_class_log_likelihoods(model, x, draws=draws)[0].double().cpu().numpy()
+
+
+def _typicality(model: TarFlow, fitted: Fitted, folder: Path | None) -> tuple[str, bool]:
+    """The clean image's bits/dim against the model's held-out range ("" when none is stored), and
+    whether it is above that range (out of distribution)."""
+    held = HeldOutRange.load(folder) if folder else None
+    if held is None:
+        return "", False
+    x8 = torch.from_numpy(np.array(fitted.array)).permute(2, 0, 1)[None]
+    bpd = float(image_bits_per_dim(model, x8)[0])
+    return captions.typicality(bpd, held), held.rank(bpd) in ("far above", "unusually high")
 
 
 def _push_forward(model: TarFlow, x: torch.Tensor, y: torch.Tensor | None, shown: np.ndarray,
@@ -138,11 +167,5 @@ def drawing_to_file(sketch: Any) -> str:
         raise gr.Error("The canvas is empty: draw something first.")
     path = new_folder("drawings") / "drawing.png"
     img.save(path)
-    _prune(OUT_DIR / "drawings", keep=DRAWINGS_KEPT)
+    prune(OUT_DIR / "drawings", keep=DRAWINGS_KEPT)
     return str(path)
-
-
-def _prune(folder: Path, keep: int) -> None:
-    items = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)
-    for old in items[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
