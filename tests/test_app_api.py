@@ -238,3 +238,72 @@ def test_the_readme_command_serves_the_page():
         assert r.status == 200 and "TarFlow" in page
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------- issue 12
+
+
+def test_a_failed_run_ends_with_a_consistent_page_and_the_reason(client):
+    job = client.submit(*generate_args(classes=["square"], guidance=20.0), api_name="/generate")
+    with pytest.raises(AppError, match="Lower the guidance"):
+        job.result()
+    last = job.outputs()[-1]
+    assert last[1].startswith("**Failed** · Sampling overflowed")
+    assert last[0] is None and last[2] is None and last[3] is None and last[4] is None and last[7] == ""
+
+
+def test_one_image_says_so_and_hides_the_inspect_slider(client):
+    final = client.predict(*generate_args(num=1), api_name="/generate")
+    assert "1 image in" in final[1] and final[8]["visible"] is False
+
+
+def test_text_that_is_no_model_gets_one_line(client):
+    with pytest.raises(AppError) as err:
+        client.predict("asdf qwerty", api_name="/model_info")
+    assert "is not a listed model" in str(err.value) and "HFValidationError" not in str(err.value)
+
+
+def test_emoji_starts_with_the_classes_its_card_recommends(client):
+    out = client.predict("emoji", api_name="/model_info")
+    assert out[1]["value"] == ["Smileys & Emotion", "People & Body", "Symbols", "Flags"]
+
+
+def test_classification_reports_measured_accuracy_and_flags_images_unlike_the_data(client):
+    digit = client.predict("mnist", handle_file(str(EXAMPLES / "mnist-2.png")), "auto", "float32", True,
+                           api_name="/invert")
+    assert "right **92.9%**" in digit[8] and "calibrated" in digit[8] and "bits behind" in digit[8]
+    heart = client.predict("mnist", handle_file(str(EXAMPLES / "emoji-smileys-emotion.png")), "auto", "float32",
+                           True, api_name="/invert")
+    assert heart[8].startswith("**Out of distribution**") and "unlike the model's data" in heart[6]
+
+
+def test_frames_and_the_animation_of_a_run(client):
+    final = client.predict(*generate_args(num=4), api_name="/generate")
+    run_id, last = final[7], final[9]["maximum"]
+    view, caption = client.predict(run_id, 2, 0, api_name="/frame")
+    assert caption.startswith(f"**Frame 1 of {last + 1}** · the prior sample z")
+    assert png_size(view) == (224, 224)
+    assert "(the flow's output x)" in client.predict(run_id, 2, last, api_name="/frame")[1]
+    with pytest.raises(AppError, match="greater than maximum value"):  # the slider's range is the run's frames
+        client.predict(run_id, 2, last + 1, api_name="/frame")
+    gif = client.predict(run_id, api_name="/animation")
+    with Image.open(gif) as img:
+        assert img.format == "GIF" and img.n_frames == last + 1 > 2
+    with pytest.raises(AppError, match="no longer kept"):
+        client.predict("000000000000", api_name="/animation")
+
+
+def test_compare_streams_one_labelled_column_per_value(client):
+    job = client.submit("tiny-cond", ["square"], 3, 0, 1.0, "class", 1.0, False, "ab", 1.0, True, 0.1, "guidance",
+                        "0, 2, 20", api_name="/compare")
+    figure, status, download = job.result()
+    assert status.startswith("**Done** · 3 columns (2 drawn) × 3 rows")  # w = 20 overflows this tiny model
+    statuses = [o[1] for o in job.outputs()]
+    assert any(s.startswith("Column 1/3 · w = 0 · block 1") for s in statuses)
+    assert any("w = 20 · overflowed" in s for s in statuses)
+    w, h = png_size(figure)
+    assert w > 3 * 112 and h > 3 * 112
+    assert png_size(download["value"] if isinstance(download, dict) else download) == (w, h)
+    with pytest.raises(AppError, match="Compare 1 to 6 values"):
+        client.predict("tiny-cond", ["star"], 3, 0, 1.0, "class", 1.0, False, "ab", 1.0, True, 0.1, "guidance",
+                       "1, 2, 3, 4, 5, 6, 7", api_name="/compare")
