@@ -129,10 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
               f"the density this model was trained on: {res['noisy_bpd']:.4f}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tarflow", description="TarFlow: sample, convert, prepare data.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_sample_command(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sample", help="draw samples to a PNG grid or an .npz")
     s.add_argument("--model", required=True, help="model folder, Hub id, or reference .pth")
     s.add_argument("--class", dest="classes", nargs="+", default=None,
@@ -154,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--out", required=True, help="output .png (grid) or .npz (images, labels)")
     s.set_defaults(func=cmd_sample)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tarflow", description="TarFlow: sample, convert, prepare data.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_sample_command(sub)
 
     c = sub.add_parser("convert", help="reference .pth -> our format (config.json + model.safetensors)")
     c.add_argument("src")

@@ -8,6 +8,7 @@ are read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from tarflow.model import TarFlow
+from tarflow.model import Architecture, TarFlow
 
 REFERENCE_SUFFIXES = (".pth", ".pt")
 # Reference checkpoints are named <dataset>_model_<patch>_<width>_<blocks>_<layers>_<noise|uniform>.pth
@@ -38,8 +39,9 @@ def _is_square(n: int) -> bool:
 
 def infer_config(state_dict: dict[str, torch.Tensor], filename: str | None = None,
                  **overrides: Any) -> dict[str, Any]:
-    """TarFlow keyword arguments for a reference-layout state dict, from tensor shapes (and the
-    reference file-name convention, when it matches). ``overrides`` win."""
+    """TarFlow keyword arguments (the Architecture's fields, then metadata) for a reference-layout
+    state dict, from tensor shapes (and the reference file-name convention, when it matches).
+    ``overrides`` win."""
     try:
         num_blocks = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
         layers = 1 + max(int(k.split(".")[3]) for k in state_dict if k.startswith("blocks.0.attn_blocks."))
@@ -83,7 +85,11 @@ def infer_config(state_dict: dict[str, torch.Tensor], filename: str | None = Non
     if cfg["in_channels"] * cfg["patch_size"] ** 2 != token_dim:
         raise ModelLoadError(f"in_channels={cfg['in_channels']} and patch_size={cfg['patch_size']} "
                              f"do not match tokens of {token_dim} values")
-    return cfg
+    try:  # every architecture field inferred or given, and consistent; the rest is metadata
+        arch = Architecture(**{name: cfg.pop(name) for name in Architecture.field_names()})
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"cannot infer the architecture: {e}") from None
+    return {**dataclasses.asdict(arch), **cfg}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -11,18 +11,28 @@ learning-rate schedule is a function of the step.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
-from tarflow.model import TarFlow
+from tarflow.data import ImageData, load
+from tarflow.images import grid, save_png
+from tarflow.likelihood import bits_per_dim, log_prob, to_bits_per_dim
+from tarflow.model import Architecture, TarFlow
+from tarflow.sampling import SampleSettings, sample
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 @dataclass
@@ -172,11 +182,15 @@ class EMA:
         self.updates = int(state["updates"])
 
 
+# The architecture's fields that the data decide; TrainConfig names every other one as Architecture does.
+FROM_DATA = ("in_channels", "img_size", "num_classes")
+
+
 def build_model(cfg: TrainConfig, image_size: int, channels: int, class_names: list[str]) -> TarFlow:
     num_classes = len(class_names) if cfg.conditional else 0
+    chosen = {name: getattr(cfg, name) for name in Architecture.field_names() if name not in FROM_DATA}
     return TarFlow(
-        channels, image_size, cfg.patch_size, cfg.channels, cfg.num_blocks, cfg.layers_per_block, nvp=cfg.nvp,
-        num_classes=num_classes, head_dim=cfg.head_dim, expansion=cfg.expansion,
+        in_channels=channels, img_size=image_size, num_classes=num_classes, **chosen,
         noise_std=cfg.noise_std if cfg.noise == "gaussian" else 0.0,
         class_names=class_names if num_classes else None, dataset=cfg.dataset,
         sampling={"guidance": cfg.guidance if num_classes else 0.0, "attn_temp": cfg.attn_temp,
@@ -190,8 +204,6 @@ def evaluate(model: TarFlow, cfg: TrainConfig, images: torch.Tensor, labels: tor
     """Held-out bits/dim of uniformly dequantized images (the standard 8-bit measure) and, for a
     noise-augmented model, the NLL of the held-out images with its training noise added: the
     density that model was trained on, in the same 8-bit units (bits/dim)."""
-    from tarflow.likelihood import bits_per_dim, log_prob, to_bits_per_dim
-
     device = next(model.parameters()).device
     out: dict[str, list[torch.Tensor]] = {"bpd": [], "noisy_bpd": []}
     g = _generator(cfg.seed, 99)
@@ -208,9 +220,6 @@ def evaluate(model: TarFlow, cfg: TrainConfig, images: torch.Tensor, labels: tor
 
 def sample_grid(model: TarFlow, cfg: TrainConfig, path: Path, per_class: int = 8) -> None:
     """A fixed-noise grid, one row per class (or 8 rows unconditional), denoised if noise-augmented."""
-    from tarflow.images import grid, save_png
-    from tarflow.sampling import SampleSettings, sample
-
     k = model.num_classes or 8
     classes = [c for c in range(model.num_classes) for _ in range(per_class)] if model.num_classes else None
     s = SampleSettings(num=k * per_class, classes=classes, seed=1234, denoise=cfg.noise == "gaussian")
@@ -245,6 +254,44 @@ def plot_curves(metrics_path: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
+@dataclass
+class Run:
+    """A training run in progress: what the loop and its steps share."""
+
+    cfg: TrainConfig
+    acc: Accelerator
+    data: ImageData
+    model: torch.nn.Module  # as accelerate prepared it (possibly wrapped)
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    step: int
+    started: float
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.cfg.out)
+        self.images, self.labels = self.data.tensors("train")
+        test_images, test_labels = self.data.tensors("test")
+        self.test_images, self.test_labels = test_images[: self.cfg.eval_images], test_labels[: self.cfg.eval_images]
+
+    @property
+    def net(self) -> TarFlow:
+        """The TarFlow itself, unwrapped."""
+        return self.acc.unwrap_model(self.model)
+
+
+class Throughput:
+    """Images per second since the last restart (evaluations restart it: they are not training)."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.since, self.images = time.time(), 0
+
+    def rate(self) -> float:
+        return self.images / max(1e-9, time.time() - self.since)
+
+
 def train(cfg: TrainConfig, minutes: float | None = None, stop_after: float | None = None,
           max_steps: int | None = None, quiet: bool = False) -> Path:
     """Train (or resume) the run in ``cfg.out``; return the folder of the exported model.
@@ -253,23 +300,58 @@ def train(cfg: TrainConfig, minutes: float | None = None, stop_after: float | No
     does not fix it; ``stop_after`` ends this process cleanly with a checkpoint after that many
     minutes (for sessions with a time limit); ``max_steps`` stops after that global step.
     """
-    from accelerate import Accelerator
-    from safetensors.torch import load_file, save_file
-    from tqdm import tqdm
+    run = start_run(cfg, quiet)
+    if not cfg.total_steps:
+        if not minutes:
+            raise ValueError("set total_steps in the config or give --minutes")
+        cfg.total_steps = _fit_steps(run, minutes)
+        if not quiet:
+            run.acc.print(f"fitted the schedule to {minutes} min: {cfg.total_steps} steps")
+    end = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
+    run.model.train()
+    bar = tqdm(total=end, initial=run.step, desc="training", disable=quiet or not run.acc.is_main_process, unit="step")
+    speed, last_checkpoint = Throughput(), time.time()
+    while run.step < end:
+        loss, grad_norm, images = train_step(run, run.step)
+        if run.ema is not None:
+            run.ema.update(run.net)
+        run.step += 1
+        speed.images += images
+        bar.update(1)
+        if run.step % cfg.log_every == 0 or run.step == end:
+            row = {"step": run.step, "loss": loss.item(), "lr": lr_at(cfg, run.step - 1),
+                   "images_per_s": round(speed.rate(), 1),
+                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                   "minutes": round((time.time() - run.started) / 60, 2)}
+            log(run, row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+            speed.restart()
+        if run.acc.is_main_process and (run.step % cfg.eval_every == 0 or run.step == end):
+            log(run, {"step": run.step, **{f"eval_{k}": v for k, v in evaluate_and_sample(run).items()}})
+            plot_curves(run.out / "metrics.jsonl", run.out / "loss.png")
+            speed.restart()
+        if stop_after is not None and time.time() - run.started > stop_after * 60:
+            if not quiet:
+                run.acc.print(f"stopping at step {run.step} (time limit); resume with the same command")
+            break
+        if time.time() - last_checkpoint > cfg.checkpoint_minutes * 60 and run.step < end:
+            save_checkpoint(run)
+            last_checkpoint = time.time()
+    bar.close()
+    run.acc.wait_for_everyone()
+    save_checkpoint(run)  # the one final save, whether the run ended or ran out of time
+    return run.out / "model"
 
-    from tarflow.data import load
+
+def start_run(cfg: TrainConfig, quiet: bool = False) -> Run:
+    """Data, model, optimiser and EMA for ``cfg``, resumed from the run's checkpoint if it has one."""
+    from accelerate import Accelerator  # imported only to train: it is slow to import
 
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    use_bf16 = cfg.bf16 and torch.cuda.is_available()
-    acc = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
-    out = Path(cfg.out)
-    ckpt_dir = out / "checkpoint"
+    acc = Accelerator(mixed_precision="bf16" if cfg.bf16 and torch.cuda.is_available() else "no")
     data = load(cfg.dataset, cfg.data_dir)
-    images, labels = data.tensors("train")
-    test_images, test_labels = data.tensors("test")
-    test_images, test_labels = test_images[: cfg.eval_images], test_labels[: cfg.eval_images]
     with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, data.image_size, data.channels, data.class_names)
@@ -281,141 +363,103 @@ def train(cfg: TrainConfig, minutes: float | None = None, stop_after: float | No
         lr=cfg.lr, betas=cfg.betas,
     )
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    step = 0
-    if (ckpt_dir / "train_state.pt").is_file():
-        state = torch.load(ckpt_dir / "train_state.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(load_file(ckpt_dir / "model.safetensors"), strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        step = int(state["step"])
-        saved = TrainConfig.from_checkpoint(state["config"])
-        cfg.total_steps = cfg.total_steps or saved.total_steps
-        if not quiet:
-            acc.print(f"resumed {out} at step {step} of {cfg.total_steps}")
+    step = resume(Path(cfg.out) / "checkpoint", cfg, model, optimizer, ema)
+    if step and not quiet:
+        acc.print(f"resumed {cfg.out} at step {step} of {cfg.total_steps}")
     model, optimizer = acc.prepare(model, optimizer)
-    device = acc.device
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "samples").mkdir(exist_ok=True)
-    metrics_path = out / "metrics.jsonl"
-
-    def export() -> Path:
-        target = out / "model"
-        m = acc.unwrap_model(model)
-        if ema is not None:
-            m = build_model(cfg, data.image_size, data.channels, data.class_names)
-            m.load_state_dict({k: v.to(m.state_dict()[k].dtype) for k, v in ema.shadow.items()})
-        m.save_pretrained(target)
-        return target
-
-    def checkpoint() -> None:
-        if not acc.is_main_process:
-            return
-        tmp = out / "checkpoint.tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        raw = acc.unwrap_model(model)
-        save_file({k: v.detach().cpu().contiguous() for k, v in raw.state_dict().items()}, tmp / "model.safetensors")
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": cfg.to_dict(),
-                    "ema": ema.state_dict() if ema is not None else None}, tmp / "train_state.pt")
-        if ckpt_dir.exists():
-            for f in ckpt_dir.iterdir():
-                f.unlink()
-            ckpt_dir.rmdir()
-        tmp.rename(ckpt_dir)  # an interrupted save never leaves a half-written checkpoint behind
-        export()
-
-    def log(row: dict[str, Any]) -> None:
-        if acc.is_main_process:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def eval_and_sample() -> dict[str, float]:
-        target = acc.unwrap_model(model)
-        if ema is not None:
-            target = build_model(cfg, data.image_size, data.channels, data.class_names).to(device)
-            target.load_state_dict({k: v.to(device) for k, v in ema.shadow.items()})
-        target.eval()
-        res = evaluate(target, cfg, test_images, test_labels)
-        sample_grid(target, cfg, out / "samples" / f"step_{step:07d}.png")
-        acc.unwrap_model(model).train()
-        return res
-
-    if not cfg.total_steps:
-        if not minutes:
-            raise ValueError("set total_steps in the config or give --minutes")
-        cfg.total_steps = _fit_steps(model, optimizer, cfg, images, labels, data.num_classes, acc, minutes)
-        if not quiet:
-            acc.print(f"fitted the schedule to {minutes} min: {cfg.total_steps} steps")
-    last_ckpt = time.time()
-    end = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
-    model.train()
-    bar = tqdm(total=end, initial=step, desc="training", disable=quiet or not acc.is_main_process, unit="step")
-    window_t, window_n = time.time(), 0
-    while step < end:
-        x, y = make_batch(cfg, images, labels, step, acc.process_index, acc.num_processes, data.num_classes)
-        x = x.to(device)
-        y = y.to(device) if y is not None else None
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        with acc.autocast():
-            z, _, logdets = model(x, y)
-            loss = acc.unwrap_model(model).get_loss(z, logdets)
-        if not cfg.nvp:  # running prior variance, averaged over processes as in the reference
-            acc.unwrap_model(model).update_prior(acc.gather(z.detach().pow(2).mean(0, keepdim=True)).sqrt())
-        optimizer.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
-        optimizer.step()
-        if ema is not None:
-            ema.update(acc.unwrap_model(model))
-        step += 1
-        window_n += len(x) * acc.num_processes
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == end:
-            rate = window_n / max(1e-9, time.time() - window_t)
-            row = {"step": step, "loss": loss.item(), "lr": lr_at(cfg, step - 1), "images_per_s": round(rate, 1),
-                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                   "minutes": round((time.time() - started) / 60, 2)}
-            log(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.0f}")
-            window_t, window_n = time.time(), 0
-        if acc.is_main_process and (step % cfg.eval_every == 0 or step == end):
-            res = eval_and_sample()
-            log({"step": step, **{f"eval_{k}": v for k, v in res.items()}})
-            plot_curves(metrics_path, out / "loss.png")
-            window_t, window_n = time.time(), 0
-        out_of_time = stop_after is not None and time.time() - started > stop_after * 60
-        if time.time() - last_ckpt > cfg.checkpoint_minutes * 60 and not out_of_time and step < end:
-            checkpoint()
-            last_ckpt = time.time()
-        if out_of_time:
-            if not quiet:
-                acc.print(f"stopping at step {step} (time limit); resume with the same command")
-            break
-    bar.close()
-    acc.wait_for_everyone()
-    checkpoint()  # the one final save, whether the run ended or ran out of time
-    return out / "model"
+    (Path(cfg.out) / "samples").mkdir(parents=True, exist_ok=True)
+    return Run(cfg, acc, data, model, optimizer, ema, step, started)
 
 
-def _fit_steps(model, optimizer, cfg, images, labels, num_classes, acc, minutes: float) -> int:
-    """Time a few throw-away steps (weights restored afterwards) to turn minutes into steps."""
-    import copy
+def resume(ckpt_dir: Path, cfg: TrainConfig, model: TarFlow, optimizer: torch.optim.Optimizer,
+           ema: EMA | None) -> int:
+    """Load a run's checkpoint (if there is one) into the model, optimiser and EMA; return its step
+    (0 without one). A schedule left open (total_steps 0) takes the checkpoint's."""
+    if not (ckpt_dir / "train_state.pt").is_file():
+        return 0
+    state = torch.load(ckpt_dir / "train_state.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(load_file(ckpt_dir / "model.safetensors"), strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+    cfg.total_steps = cfg.total_steps or TrainConfig.from_checkpoint(state["config"]).total_steps
+    return int(state["step"])
 
-    saved_model = copy.deepcopy(acc.unwrap_model(model).state_dict())
-    saved_opt = copy.deepcopy(optimizer.state_dict())
+
+def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """One optimiser step on the batch of ``step`` at its learning rate; returns the loss, the
+    gradient norm before clipping (None without clipping) and the images seen by all processes."""
+    cfg, acc, net = run.cfg, run.acc, run.net
+    x, y = make_batch(cfg, run.images, run.labels, step, acc.process_index, acc.num_processes, run.data.num_classes)
+    x = x.to(acc.device)
+    y = y.to(acc.device) if y is not None else None
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(cfg, step)
+    with acc.autocast():
+        z, _, logdets = run.model(x, y)
+        loss = net.get_loss(z, logdets)
+    if not cfg.nvp:  # running prior variance, averaged over processes as in the reference
+        net.update_prior(acc.gather(z.detach().pow(2).mean(0, keepdim=True)).sqrt())
+    run.optimizer.zero_grad(set_to_none=True)
+    acc.backward(loss)
+    grad_norm = acc.clip_grad_norm_(run.model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
+    run.optimizer.step()
+    return loss, grad_norm, len(x) * acc.num_processes
+
+
+def averaged_model(run: Run) -> TarFlow:
+    """The weights to evaluate and export: the EMA copy in a model of its own (the trained model
+    itself when the run keeps no EMA)."""
+    if run.ema is None:
+        return run.net
+    model = build_model(run.cfg, run.data.image_size, run.data.channels, run.data.class_names)
+    model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in run.ema.shadow.items()})
+    return model.to(run.acc.device)
+
+
+def evaluate_and_sample(run: Run) -> dict[str, float]:
+    """Held-out bits/dim of the averaged model, and its sample grid for this step."""
+    model = averaged_model(run).eval()
+    result = evaluate(model, run.cfg, run.test_images, run.test_labels)
+    sample_grid(model, run.cfg, run.out / "samples" / f"step_{run.step:07d}.png")
+    run.net.train()  # the trained model itself, when the run keeps no EMA
+    return result
+
+
+def save_checkpoint(run: Run) -> None:
+    """Weights, optimiser, EMA and step into out/checkpoint, replaced whole (an interrupted save
+    never leaves a half-written checkpoint behind); then the averaged model into out/model."""
+    if not run.acc.is_main_process:
+        return
+    ckpt_dir, tmp = run.out / "checkpoint", run.out / "checkpoint.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in run.net.state_dict().items()}, tmp / "model.safetensors")
+    torch.save({"step": run.step, "optimizer": run.optimizer.state_dict(), "config": run.cfg.to_dict(),
+                "ema": run.ema.state_dict() if run.ema is not None else None}, tmp / "train_state.pt")
+    if ckpt_dir.exists():
+        for f in ckpt_dir.iterdir():
+            f.unlink()
+        ckpt_dir.rmdir()
+    tmp.rename(ckpt_dir)
+    averaged_model(run).save_pretrained(run.out / "model")
+
+
+def log(run: Run, row: dict[str, Any]) -> None:
+    if run.acc.is_main_process:
+        with (run.out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _fit_steps(run: Run, minutes: float) -> int:
+    """Time a few throw-away steps (weights and optimiser restored afterwards) to turn minutes into steps."""
+    saved_model = copy.deepcopy(run.net.state_dict())
+    saved_optimizer = copy.deepcopy(run.optimizer.state_dict())
     times = []
     for s in range(6):
-        x, y = make_batch(cfg, images, labels, s, acc.process_index, acc.num_processes, num_classes)
         t = time.time()
-        with acc.autocast():
-            z, _, logdets = model(x.to(acc.device), y.to(acc.device) if y is not None else None)
-            loss = acc.unwrap_model(model).get_loss(z, logdets)
-        optimizer.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        optimizer.step()
+        train_step(run, s)
         times.append(time.time() - t)
-    acc.unwrap_model(model).load_state_dict(saved_model)
-    optimizer.load_state_dict(saved_opt)
+    run.net.load_state_dict(saved_model)
+    run.optimizer.load_state_dict(saved_optimizer)
     per_step = float(np.median(times[2:])) * 1.12  # evaluation, sampling and logging overhead
-    return max(cfg.warmup_steps + 1, int(minutes * 60 / per_step))
+    return max(run.cfg.warmup_steps + 1, int(minutes * 60 / per_step))

@@ -1,5 +1,6 @@
 """Training: the schedule, deterministic batches, a step that learns, and exact resume."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -140,3 +141,49 @@ def test_config_files_are_checked(tmp_path):
     assert TrainConfig.from_checkpoint({"lr": 5e-4, "sample_every": 500, "extra": {}}).lr == 5e-4
     for path in sorted(__import__("pathlib").Path(__file__).parent.parent.glob("configs/*.json")):
         TrainConfig.from_file(path)  # every shipped config parses
+
+
+def test_the_model_takes_every_architecture_field_from_the_config_or_the_data(tiny_dataset):
+    from tarflow.data import load
+    from tarflow.model import Architecture
+    from tarflow.train import FROM_DATA, build_model
+
+    options = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(Architecture.field_names()) - set(FROM_DATA) <= options
+    cfg = tiny_config(tiny_dataset, "unused", nvp=False, expansion=2)
+    data = load(tiny_dataset)
+    model = build_model(cfg, data.image_size, data.channels, data.class_names)
+    assert model.architecture == Architecture(in_channels=1, img_size=8, patch_size=2, channels=32, num_blocks=2,
+                                              layers_per_block=1, nvp=False, num_classes=2, head_dim=16, expansion=2)
+
+
+def test_a_checkpoint_of_an_older_version_resumes_exactly(tiny_dataset, tmp_path):
+    """Saved configs keep keys that later versions dropped; the run still continues as if unbroken."""
+    train(tiny_config(tiny_dataset, tmp_path / "a", nvp=False), quiet=True)
+    stopped = tmp_path / "b"
+    train(tiny_config(tiny_dataset, stopped, nvp=False), max_steps=3, quiet=True)
+    path = stopped / "checkpoint" / "train_state.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"] = {**state["config"], "sample_every": 500, "total_steps": 8}
+    torch.save(state, path)
+    train(tiny_config(tiny_dataset, stopped, nvp=False, total_steps=0), quiet=True)  # the schedule from the checkpoint
+    a = load_file(tmp_path / "a" / "model" / "model.safetensors")
+    b = load_file(stopped / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fitting_the_schedule_to_minutes_leaves_the_weights_alone(tiny_dataset, tmp_path):
+    from tarflow.data import load
+    from tarflow.train import build_model
+
+    cfg = tiny_config(tiny_dataset, tmp_path / "run", total_steps=0)
+    train(cfg, minutes=0.5, max_steps=0, quiet=True)  # time the steps, fit the schedule, train none
+    state = torch.load(tmp_path / "run" / "checkpoint" / "train_state.pt", weights_only=True)
+    assert state["step"] == 0 and state["config"]["total_steps"] > cfg.warmup_steps
+    torch.manual_seed(cfg.seed)
+    data = load(tiny_dataset)
+    fresh = build_model(cfg, data.image_size, data.channels, data.class_names).state_dict()
+    saved = load_file(tmp_path / "run" / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(saved[k], fresh[k]) for k in fresh)
+    with pytest.raises(ValueError, match="give --minutes"):
+        train(tiny_config(tiny_dataset, tmp_path / "other", total_steps=0), quiet=True)
