@@ -28,7 +28,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))  # run as a script: the app and the package live in the root
 
 from app.runtime import configure  # noqa: E402
 
@@ -94,7 +94,7 @@ def fetch(output) -> int:
 
 
 def through_client(model: str, num: int, repeats: int, models_dir: str | None) -> dict[str, list[float]]:
-    from app_server import start_app
+    from app_process import start_app
     from gradio_client import Client, handle_file
 
     env = {"TARFLOW_MODELS_DIR": models_dir} if models_dir else {}

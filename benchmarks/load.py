@@ -24,7 +24,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))  # run as a script: the app and the package live in the root
 
 
 def rss_mb(pid: int) -> float:
@@ -79,7 +79,7 @@ def main() -> int:
     if args.url:
         url, pid = args.url, None
     else:
-        from app_server import start_app
+        from app_process import start_app
 
         env = {"TARFLOW_MODELS_DIR": args.models_dir} if args.models_dir else {}
         server = start_app(env)
