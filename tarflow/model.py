@@ -285,54 +285,176 @@ class Architecture:
         return [f.name for f in dataclasses.fields(cls)]
 
 
+class SequenceFlow(nn.Module):
+    """TarFlow's flow proper, over sequences of ``num_tokens`` tokens of ``token_dim`` values:
+    ``num_blocks`` MetaBlocks that read the sequence in alternating order (block k backwards when
+    k is odd) and a Gaussian prior N(0, var) on the result.
+
+    What a sequence stands for is a subclass's business: :class:`TarFlow` cuts images into patch
+    tokens, :class:`tarflow.points.PointFlow` makes a 2D point two tokens of one value. They say
+    how in ``to_tokens`` and ``from_tokens``; everything else (the likelihood's parts, the
+    inverse, the loss) is this class's and the same for all of them.
+    """
+
+    var: torch.Tensor
+    VAR_LR = 0.1  # step of the running estimate of the VP prior variance
+
+    def __init__(self, num_tokens: int, token_dim: int, channels: int, num_blocks: int, layers_per_block: int,
+                 nvp: bool = True, num_classes: int = 0, head_dim: int = 64, expansion: int = 4):
+        super().__init__()
+        self.num_tokens, self.token_dim, self.num_classes, self.nvp = num_tokens, token_dim, num_classes, nvp
+        self.blocks = nn.ModuleList(
+            MetaBlock(token_dim, channels, num_tokens, layers_per_block, flip=bool(k % 2), head_dim=head_dim,
+                      expansion=expansion, nvp=nvp, num_classes=num_classes)
+            for k in range(num_blocks)
+        )
+        # Prior variance per token and dimension: ones in affine mode, learned in VP mode.
+        self.register_buffer("var", torch.ones(num_tokens, token_dim))
+
+    @property
+    def num_dims(self) -> int:
+        return self.num_tokens * self.token_dim
+
+    def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The data -> its token sequence (B, T, D); here the data are sequences already."""
+        self.check_latent(x)
+        return x
+
+    def from_tokens(self, h: torch.Tensor) -> torch.Tensor:
+        """Token sequence (B, T, D) -> the data's own shape (the inverse of ``to_tokens``)."""
+        return h
+
+    def trace(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
+        """Data -> z (B, T, D), each block's output and each block's log-scales (natural order)."""
+        h = self.to_tokens(x)
+        outputs, logscales = [], []
+        for block in self.blocks:
+            h, a = block(h, y)
+            outputs.append(h)
+            logscales.append(a)
+        return h, outputs, logscales
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Data -> (z, per-block outputs, logdets); logdets is per sample the sum over blocks of
+        -mean(a), the reference's per-dimension convention."""
+        z, outputs, logscales = self.trace(x, y)
+        logdets = torch.zeros(x.shape[0], device=x.device, dtype=at_least_fp32(z).dtype)
+        for a in logscales:
+            if a is not None:
+                logdets = logdets - at_least_fp32(a).mean(dim=(1, 2))
+        return z, outputs, logdets
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Data -> its standard-normal latent (B, T, D), the mirror of ``reverse``.
+
+        ``forward`` returns the flow's output, whose prior is N(0, var); dividing by the prior's
+        standard deviation gives the latent that ``reverse`` takes (in affine mode var is ones).
+        """
+        z, _, _ = self.trace(x, y)
+        return z / self.var.sqrt().to(z.dtype)
+
+    def get_loss(self, z: torch.Tensor, logdets: torch.Tensor) -> torch.Tensor:
+        """Training loss: negative log-likelihood per dimension, up to constants."""
+        return 0.5 * at_least_fp32(z).pow(2).mean() - logdets.mean()
+
+    @torch.no_grad()
+    def update_prior(self, z: torch.Tensor) -> None:
+        """Running estimate of the prior variance (used in VP mode)."""
+        self.var.lerp_(at_least_fp32(z.detach()).pow(2).mean(dim=0).to(self.var.dtype), self.VAR_LR)
+
+    @torch.no_grad()
+    def reverse(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor | None = None,
+        guidance: float = 0.0,
+        guide_what: str = "ab",
+        attn_temp: float = 1.0,
+        annealed_guidance: bool = False,
+    ) -> torch.Tensor:
+        """Latent token sequence z (B, T, D), drawn from N(0, 1), -> data.
+
+        The plain inverse: the prior variance ``var`` is applied, then the blocks are inverted
+        last to first, each token by token (``MetaBlock.reverse``). For images
+        ``tarflow.sampling.reverse`` computes the same numbers about four times faster. ``z`` is
+        not modified.
+        """
+        g = Guidance(guidance, guide_what, attn_temp, annealed_guidance)
+        return self.from_tokens(self.reverse_stages(z, y, g)[-1])
+
+    @torch.no_grad()
+    def reverse_stages(self, z: torch.Tensor, y: torch.Tensor | None = None,
+                       guidance: Guidance = Guidance()) -> list[torch.Tensor]:
+        """The token sequences on the way back from a standard-normal z (B, T, D): scaled by the
+        prior's standard deviation, then after each inverted block (the last block first); the
+        final entry is the data's tokens."""
+        self.check_latent(z)
+        y = self.check_labels(y, z.shape[0], self.var.device)
+        x = z.to(device=self.var.device, dtype=self.var.dtype) * self.var.sqrt()
+        stages = [x]
+        for block in reversed(self.blocks):
+            x = block.reverse(x, y, guidance)
+            stages.append(x)
+        return stages
+
+    def check_latent(self, z: torch.Tensor) -> None:
+        want = (self.num_tokens, self.token_dim)
+        if z.dim() != 3 or tuple(z.shape[1:]) != want:
+            raise ValueError(f"expected a latent of shape (B, {want[0]}, {want[1]}), got {tuple(z.shape)}")
+
+    def check_labels(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Labels (batch,) on ``device``, -1 meaning none; None for an unconditional model."""
+        if y is None:
+            return None
+        y = torch.as_tensor(y, device=device).long().view(-1)
+        if y.numel() != batch:
+            raise ValueError(f"{y.numel()} labels for {batch} latents")
+        if not self.num_classes:
+            return None
+        if bool((y >= self.num_classes).any()):
+            raise ValueError(f"labels must be below {self.num_classes}")
+        return y
+
+    def extra_repr(self) -> str:
+        n = sum(p.numel() for p in self.parameters())
+        return f"params={n / 1e6:.2f}M, tokens={self.num_tokens}, token_dim={self.token_dim}"
+
+
 class TarFlow(
-    nn.Module,
+    SequenceFlow,
     PyTorchModelHubMixin,
     library_name="tarflow",
     tags=["normalizing-flow", "tarflow", "image-generation"],
     paper_url="https://arxiv.org/abs/2412.06329",
 ):
-    """Transformer autoregressive flow over image patches (Zhai et al., 2024).
+    """Transformer autoregressive flow over image patches (Zhai et al., 2024): an image is cut
+    into patches (``patchify``), the patch sequence goes through the :class:`SequenceFlow`, and
+    ``unpatchify`` puts the result back into an image's shape.
 
     Arguments: the fields of :class:`Architecture`, by position or by name (each is also an
     attribute: ``model.channels``, ...), then by name the metadata that travel with the weights
     in ``config.json``: ``noise_std``, ``class_names``, ``dataset``, ``sampling``.
     """
 
-    var: torch.Tensor
-    VAR_LR = 0.1  # step of the running estimate of the VP prior variance
-
     def __init__(self, *args: Any, noise_std: float = 0.0, class_names: list[str] | None = None, dataset: str = "",
                  sampling: dict[str, Any] | None = None, **architecture: Any):
-        super().__init__()
         arch = Architecture(*args, **architecture)
         if class_names is not None and len(class_names) != arch.num_classes:
             raise ValueError(f"{len(class_names)} class names given for {arch.num_classes} classes")
+        super().__init__(arch.num_tokens, arch.token_dim, arch.channels, arch.num_blocks, arch.layers_per_block,
+                         nvp=arch.nvp, num_classes=arch.num_classes, head_dim=arch.head_dim,
+                         expansion=arch.expansion)
         self.architecture = arch
         for name, value in dataclasses.asdict(arch).items():
             setattr(self, name, value)
-        self.num_tokens = arch.num_tokens
-        self.token_dim = arch.token_dim
         self.noise_std = noise_std
         self.class_names = list(class_names) if class_names else [str(i) for i in range(arch.num_classes)]
         self.dataset = dataset
         self.sampling = dict(sampling or {})
-        self.blocks = nn.ModuleList(
-            MetaBlock(
-                arch.token_dim,
-                arch.channels,
-                arch.num_tokens,
-                arch.layers_per_block,
-                flip=bool(k % 2),
-                head_dim=arch.head_dim,
-                expansion=arch.expansion,
-                nvp=arch.nvp,
-                num_classes=arch.num_classes,
-            )
-            for k in range(arch.num_blocks)
-        )
-        # Prior variance per token and dimension: ones in affine mode, learned in VP mode.
-        self.register_buffer("var", torch.ones(self.num_tokens, self.token_dim))
 
     @property
     def num_dims(self) -> int:
@@ -364,99 +486,16 @@ class TarFlow(
         size = (self.img_size, self.img_size)
         return F.fold(x.transpose(1, 2), size, self.patch_size, stride=self.patch_size)
 
-    def trace(
-        self, x: torch.Tensor, y: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
-        """Image -> z (B, T, D), each block's output and each block's log-scales (natural order)."""
-        self._check_image(x)
-        h = self.patchify(x)
-        outputs, logscales = [], []
-        for block in self.blocks:
-            h, a = block(h, y)
-            outputs.append(h)
-            logscales.append(a)
-        return h, outputs, logscales
-
-    def forward(
-        self, x: torch.Tensor, y: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Image -> (z, per-block outputs, logdets); logdets is per sample the sum over blocks of
-        -mean(a), the reference's per-dimension convention."""
-        z, outputs, logscales = self.trace(x, y)
-        logdets = torch.zeros(x.shape[0], device=x.device, dtype=at_least_fp32(z).dtype)
-        for a in logscales:
-            if a is not None:
-                logdets = logdets - at_least_fp32(a).mean(dim=(1, 2))
-        return z, outputs, logdets
-
-    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Image (B, C, H, W) -> its standard-normal latent (B, T, D), the mirror of ``reverse``.
-
-        ``forward`` returns the flow's output, whose prior is N(0, var); dividing by the prior's
-        standard deviation gives the latent that ``reverse`` takes (in affine mode var is ones).
-        """
-        z, _, _ = self.trace(x, y)
-        return z / self.var.sqrt().to(z.dtype)
-
-    def get_loss(self, z: torch.Tensor, logdets: torch.Tensor) -> torch.Tensor:
-        """Training loss: negative log-likelihood per dimension, up to constants."""
-        return 0.5 * at_least_fp32(z).pow(2).mean() - logdets.mean()
-
-    @torch.no_grad()
-    def update_prior(self, z: torch.Tensor) -> None:
-        """Running estimate of the prior variance (used in VP mode)."""
-        self.var.lerp_(at_least_fp32(z.detach()).pow(2).mean(dim=0).to(self.var.dtype), self.VAR_LR)
-
-    @torch.no_grad()
-    def reverse(
-        self,
-        z: torch.Tensor,
-        y: torch.Tensor | None = None,
-        guidance: float = 0.0,
-        guide_what: str = "ab",
-        attn_temp: float = 1.0,
-        annealed_guidance: bool = False,
-    ) -> torch.Tensor:
-        """Latent patch sequence z (B, T, D), drawn from N(0, 1), -> images (B, C, H, W).
-
-        The plain inverse: the prior variance ``var`` is applied, then the blocks are inverted
-        last to first, each token by token (``MetaBlock.reverse``). ``tarflow.sampling.reverse``
-        computes the same numbers about four times faster. ``z`` is not modified.
-        """
-        self.check_latent(z)
-        y = self.check_labels(y, z.shape[0], self.var.device)
-        g = Guidance(guidance, guide_what, attn_temp, annealed_guidance)
-        x = z.to(device=self.var.device, dtype=self.var.dtype) * self.var.sqrt()
-        for block in reversed(self.blocks):
-            x = block.reverse(x, y, g)
-        return self.unpatchify(x)
-
-    def check_latent(self, z: torch.Tensor) -> None:
-        want = (self.num_tokens, self.token_dim)
-        if z.dim() != 3 or tuple(z.shape[1:]) != want:
-            raise ValueError(f"expected a latent of shape (B, {want[0]}, {want[1]}), got {tuple(z.shape)}")
-
-    def check_labels(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor | None:
-        """Labels (batch,) on ``device``, -1 meaning none; None for an unconditional model."""
-        if y is None:
-            return None
-        y = torch.as_tensor(y, device=device).long().view(-1)
-        if y.numel() != batch:
-            raise ValueError(f"{y.numel()} labels for {batch} latents")
-        if not self.num_classes:
-            return None
-        if bool((y >= self.num_classes).any()):
-            raise ValueError(f"labels must be below {self.num_classes}")
-        return y
-
-    def _check_image(self, x: torch.Tensor) -> None:
+    def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> patch tokens, after checking their shape."""
         want = (self.in_channels, self.img_size, self.img_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"expected images of shape (B, {', '.join(map(str, want))}), got {tuple(x.shape)}")
+        return self.patchify(x)
 
-    def extra_repr(self) -> str:
-        n = sum(p.numel() for p in self.parameters())
-        return f"params={n / 1e6:.2f}M, tokens={self.num_tokens}, token_dim={self.token_dim}"
+    def from_tokens(self, h: torch.Tensor) -> torch.Tensor:
+        return self.unpatchify(h)
 
 
-__all__ = ["TarFlow", "Architecture", "Guidance", "MetaBlock", "AttentionBlock", "Attention", "LayerCache", "MLP"]
+__all__ = ["TarFlow", "SequenceFlow", "Architecture", "Guidance", "MetaBlock", "AttentionBlock", "Attention",
+           "LayerCache", "MLP"]
