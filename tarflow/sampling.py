@@ -18,6 +18,7 @@ from tarflow.engine import Inverter
 from tarflow.likelihood import log_prob
 from tarflow.model import Guidance, TarFlow
 
+DENOISE_CHUNK = 16  # images per backward pass in denoise()
 OVERFLOW_MESSAGE = "sampling overflowed (non-finite values); lower the guidance scale or the prior temperature"
 
 
@@ -131,10 +132,17 @@ def denoise(model: TarFlow, x: torch.Tensor, y: torch.Tensor | None = None,
     x = x.detach().to(model.var.dtype)
     if sigma == 0:
         return x.clone()
-    with torch.inference_mode(False), torch.enable_grad():
-        x = x.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(log_prob(model, x, y).sum(), [x])
-    return (x + sigma**2 * grad).detach()
+    # Backpropagation keeps every layer's activations: ~15 MB per 32 x 32 image. In chunks of
+    # DENOISE_CHUNK images the peak stays flat (64 emoji images: +950 MB at once, +240 MB in
+    # chunks of 16); the result is the same, since each image's gradient is its own.
+    out = []
+    for i in range(0, x.shape[0], DENOISE_CHUNK):
+        part, labels = x[i : i + DENOISE_CHUNK], None if y is None else y[i : i + DENOISE_CHUNK]
+        with torch.inference_mode(False), torch.enable_grad():
+            part = part.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(log_prob(model, part, labels).sum(), [part])
+        out.append((part + sigma**2 * grad).detach())
+    return torch.cat(out)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
