@@ -3,13 +3,21 @@
 Decoding is defensive because uploads are untrusted: the size is read from the header before any
 pixels are decoded, so a 20000 x 20000 image (or a decompression bomb) is refused, or for JPEG
 decoded at a reduced scale, without ever allocating the full bitmap.
+
+After decoding, the work of fitting depends on the model's size, not on the upload's shape: the
+image is first reduced to at most ``work_side(size)`` pixels on its longer side (256 for the
+28-32 px models, 4x the model's size for larger ones), and every later copy, mask and canvas is
+made from that. For the bundled models this is under 1 MB per copy and a few milliseconds,
+whatever was uploaded: a 1 x 40000 strip is fitted as a 256 x 1 one, not as a 56000-pixel square.
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +26,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Largest image decoded at full size: 40 MP is ~120 MB as RGB, enough for any photo. Larger JPEGs
 # are decoded at a reduced scale; anything over Pillow's own limit (~179 MP) is refused on opening.
 MAX_PIXELS = 40_000_000
+# Drawings come from a 336 x 336 canvas: anything over 2048 x 2048 was not drawn there.
+MAX_SKETCH_PIXELS = 2048 * 2048
+SKETCH_SIDE = 512  # drawings are kept at most this large (the canvas is 336 px)
 
 # Known datasets: do they draw light things on a dark background, and how much of the frame does
 # the content fill (MNIST's digits sit in a 20 x 20 box inside 28 x 28)?
@@ -39,42 +50,74 @@ class Fitted:
     notes: list[str] = field(default_factory=list)
 
 
-def open_image(path: str | Path) -> tuple[Image.Image, list[str]]:
-    """Decode an untrusted image file to an 8-bit "L" or "RGB" PIL image (alpha composited on
-    white), plus notes on the conversions made. Raises BadImage with a readable reason."""
-    path = Path(path)
+def work_side(size: int) -> int:
+    """Longest side, in pixels, at which an image is fitted to a model of ``size`` pixels."""
+    return max(256, 4 * size)
+
+
+def bounded(img: Image.Image, side: int) -> Image.Image:
+    """``img`` reduced to at most ``side`` pixels on its longer side (unchanged if it fits). The
+    reduction shrinks by whole factors first, so it never holds more than a few copies of the
+    result; modes Lanczos cannot resample (16-bit) take the nearest pixel."""
+    w, h = img.size
+    if max(w, h) <= side:
+        return img
+    scale = side / max(w, h)
+    target = (max(1, round(w * scale)), max(1, round(h * scale)))
+    try:
+        return img.resize(target, Image.LANCZOS, reducing_gap=2.0)
+    except ValueError:
+        return img.resize(target, Image.NEAREST)
+
+
+def open_image(source: str | Path | bytes, max_side: int | None = None, max_pixels: int | None = None,
+               name: str | None = None) -> tuple[Image.Image, list[str]]:
+    """Decode an untrusted image (a file, or its bytes) to an 8-bit "L" or "RGB" PIL image (alpha
+    composited on white), plus notes on the conversions made. With ``max_side`` the decoded
+    image is reduced to that size before any conversion. Raises BadImage with a readable reason."""
+    if isinstance(source, (bytes, bytearray)):
+        name = name or "the image"
+        fp: Any = io.BytesIO(source)
+    else:
+        name = name or Path(source).name
+        fp = Path(source)
+    limit = max_pixels or MAX_PIXELS
     notes: list[str] = []
     try:
         with warnings.catch_warnings():
             # Our own pixel limit applies below; Pillow's bomb warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(fp)
     except UnidentifiedImageError:
-        raise BadImage(f"{path.name} is not an image Pillow can read (PNG, JPEG, WebP, GIF, BMP, TIFF...)") from None
+        raise BadImage(f"{name} is not an image Pillow can read (PNG, JPEG, WebP, GIF, BMP, TIFF...)") from None
     except Image.DecompressionBombError as e:
-        raise BadImage(f"{path.name} is far too large to decode safely ({e})") from None
+        raise BadImage(f"{name} is far too large to decode safely ({e})") from None
     except OSError as e:
-        raise BadImage(f"could not open {path.name}: {e}") from None
+        raise BadImage(f"could not open {name}: {e}") from None
     w, h = img.size
     if w < 1 or h < 1:
-        raise BadImage(f"{path.name} has no pixels ({w} x {h})")
-    if w * h > MAX_PIXELS:
+        raise BadImage(f"{name} has no pixels ({w} x {h})")
+    if w * h > limit:
         if img.format == "JPEG":
             # JPEG can decode at 1/2, 1/4 or 1/8 scale directly, never holding the full bitmap.
             img.draft("RGB", (max(1, w // 8), max(1, h // 8)))
             notes.append(f"decoded the {w} x {h} JPEG at reduced size {img.size[0]} x {img.size[1]}")
-        if img.size[0] * img.size[1] > MAX_PIXELS:
-            raise BadImage(f"{path.name} is {w} x {h} = {w * h / 1e6:.0f} megapixels; the limit is "
-                           f"{MAX_PIXELS / 1e6:.0f} MP. Please downscale it first.")
+        if img.size[0] * img.size[1] > limit:
+            raise BadImage(f"{name} is {w} x {h} = {w * h / 1e6:.0f} megapixels; the limit is "
+                           f"{limit / 1e6:.0f} MP. Please downscale it first.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.seek(0)  # first frame of an animation
             img.load()
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise BadImage(f"{path.name} is damaged or truncated ({e})") from None
+        raise BadImage(f"{name} is damaged or truncated ({e})") from None
     if getattr(img, "n_frames", 1) > 1:
         notes.append("used the first frame of the animation")
+    if max_side is not None and max(img.size) > max_side:
+        before = img.size
+        img = bounded(img, max_side)
+        notes.append(f"reduced from {before[0]} x {before[1]} to {img.size[0]} x {img.size[1]} before fitting")
     try:
         img = ImageOps.exif_transpose(img) or img
     except Exception:  # a malformed EXIF block is no reason to refuse the pixels
@@ -127,8 +170,10 @@ def _thumb(img: Image.Image, size: int = 96) -> Image.Image:
     """A snapshot for the steps strip; small images keep crisp pixels."""
     w, h = img.size
     scale = size / max(w, h)
-    resample = Image.NEAREST if scale >= 1 else Image.LANCZOS
-    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
+    target = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if scale >= 1:
+        return img.resize(target, Image.NEAREST)
+    return bounded(img, size)
 
 
 def fit(img: Image.Image, size: int, channels: int, dataset: str = "", notes: list[str] | None = None) -> Fitted:
@@ -137,6 +182,10 @@ def fit(img: Image.Image, size: int, channels: int, dataset: str = "", notes: li
     out = Fitted(array=np.zeros((size, size, channels), np.uint8), notes=list(notes or []))
     w, h = img.size
     out.steps.append((f"input {w}×{h}", _thumb(img)))
+    img = bounded(img, work_side(size))  # from here on, work depends on the model's size only
+    if img.size != (w, h):
+        w, h = img.size
+        out.steps.append((f"reduced to {w}×{h}", _thumb(img)))
     wanted_mode = "L" if channels == 1 else "RGB"
     if img.mode != wanted_mode:
         img = img.convert(wanted_mode)
@@ -191,28 +240,33 @@ def _square(img: Image.Image, arr: np.ndarray, border: np.ndarray, dataset: str,
 
 
 def load_fitted(path: str | Path, size: int, channels: int, dataset: str = "") -> Fitted:
-    img, notes = open_image(path)
+    img, notes = open_image(path, max_side=work_side(size))
     return fit(img, size, channels, dataset, notes)
 
 
 def sketch_to_image(value: object) -> Image.Image:
-    """A gr.Sketchpad / ImageEditor value -> its composite, 8-bit on white."""
+    """A gr.Sketchpad / ImageEditor value -> its composite, 8-bit on white, at most SKETCH_SIDE
+    pixels on a side. The composite may be a file, its bytes, a PIL image or an array."""
     composite = value.get("composite") if isinstance(value, dict) else value
     if composite is None:
         raise BadImage("draw something first")
-    if isinstance(composite, (str, Path)):
-        img, _ = open_image(composite)
+    if isinstance(composite, (str, Path, bytes, bytearray)):
+        img, _ = open_image(composite, max_side=SKETCH_SIDE, max_pixels=MAX_SKETCH_PIXELS, name="the drawing")
         return img
     if isinstance(composite, Image.Image):
-        return to_8bit(composite)
+        if composite.size[0] * composite.size[1] > MAX_SKETCH_PIXELS:
+            raise BadImage("the drawing is far larger than the canvas")
+        return to_8bit(bounded(composite, SKETCH_SIDE))
     arr = np.asarray(composite)
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise BadImage("the drawing is empty")
+    if arr.shape[0] * arr.shape[1] > MAX_SKETCH_PIXELS:
+        raise BadImage("the drawing is far larger than the canvas")
     if arr.dtype != np.uint8:
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     if arr.ndim == 3 and arr.shape[-1] == 4:
-        return to_8bit(Image.fromarray(arr, "RGBA"))
-    return to_8bit(Image.fromarray(arr.squeeze()))
+        return to_8bit(bounded(Image.fromarray(arr, "RGBA"), SKETCH_SIDE))
+    return to_8bit(bounded(Image.fromarray(arr.squeeze()), SKETCH_SIDE))
 
 
 def to_model(x8: np.ndarray, model: torch.nn.Module) -> torch.Tensor:

@@ -9,9 +9,10 @@ from typing import Any
 
 import gradio as gr
 
+from app import limits
 from app.checks import AUTO, NO_LABEL, load_model
 from app.models import entries, pick_device
-from app.tabs.generate import KIND_ATTN, KIND_CLASS
+from app.tabs.generate import KIND_ATTN, KIND_CLASS, MAX_IMAGES
 from tarflow.model import TarFlow
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
@@ -89,11 +90,13 @@ def model_info(model_key: str, progress: gr.Progress = gr.Progress(track_tqdm=Tr
     kind = KIND_CLASS if conditional else KIND_ATTN
     attn = float(rec.get("attn_temp", 1.0 if conditional else 1.5))
     big = model.num_tokens * model.num_blocks > 2048 and pick_device().type == "cpu"
+    most = limits.sampling_job(model, 1, pick_device().type).max_images(MAX_IMAGES)
+    cap = limits.cap_note(most, pick_device().type, MAX_IMAGES)
     condition_choices = ([("Most likely class", AUTO), ("No label", NO_LABEL)] + [(n, n) for n in names]
                          if conditional else [("No label (unconditional model)", NO_LABEL)])
     interp_choices = [("No label", NO_LABEL)] + [(n, n) for n in names]
     return (
-        describe(model, model_key),
+        describe(model, model_key) + (f" · images: {cap}" if cap else ""),
         gr.update(choices=names, value=default_classes(model), interactive=conditional,
                   info=None if conditional else "this model is unconditional"),
         gr.update(value=float(rec.get("guidance", 0.0))),
@@ -101,7 +104,7 @@ def model_info(model_key: str, progress: gr.Progress = gr.Progress(track_tqdm=Tr
         gr.update(value=attn),
         gr.update(value=float(model.noise_std)),
         gr.update(value=model.noise_std > 0),
-        gr.update(value=4 if big else 16),
+        gr.update(value=max(1, min(4 if big else 16, most)), maximum=max(2, most), info=cap),
         gr.update(choices=condition_choices, value=AUTO if conditional else NO_LABEL),
         gr.update(choices=interp_choices, value=NO_LABEL),
         gr.update(value=model.noise_std > 0, interactive=model.noise_std > 0,

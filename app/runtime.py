@@ -31,3 +31,26 @@ def _bound_malloc_arenas(n: int) -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, n)
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
         pass
+
+
+def release_memory() -> None:
+    """Hand memory freed by the last request back to the system. Big temporary tensors (the
+    denoising step's activations, the sampler's key/value caches) come from glibc's heaps, which
+    keep freed pages: a 64-image emoji request left the process ~950 MB larger until trimmed
+    (back to ~430 MB). Trimming takes about a millisecond; elsewhere than glibc it does nothing."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - musl has no malloc_trim
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_libc = _load_libc()

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
-from app import checks, picker
-from app.components import SafeImage
+from app import checks, picker, storage
+from app.components import SafeImage, SafeRadio, SafeSketchpad
 from app.gpu import on_gpu
+from app.limits import guard, max_upload_bytes, public
 from app.models import ModelLoadError, default_key, pick_device
 from app.runs import RUNS
 from app.tabs import compare, generate, interpolate, invert, replay
@@ -80,11 +82,37 @@ def queue_size() -> int:
     return int(os.environ.get("TARFLOW_QUEUE_SIZE", "12"))
 
 
+def delete_cache() -> tuple[int, int]:
+    """(every, age) in seconds: Gradio removes the files it wrote for responses and uploads once
+    they are ``age`` old, checking every ``every`` seconds (TARFLOW_DELETE_CACHE="every,age")."""
+    every, age = os.environ.get("TARFLOW_DELETE_CACHE", "600,1800").split(",")
+    return int(every), int(age)
+
+
+def start_cleanup(demo: gr.Blocks) -> None:
+    """On a public server, also sweep Gradio's whole file folder by age and size (see
+    app/storage.py for the files Gradio's own cleanup misses); TARFLOW_SWEEP_GRADIO=1 forces it."""
+    if not (public() or os.environ.get("TARFLOW_SWEEP_GRADIO") == "1"):
+        return
+    every, age = delete_cache()
+
+    def spare() -> set[str]:
+        return {str(p) for block in demo.blocks.values() for p in getattr(block, "keep_in_cache", ())}
+
+    storage.start_janitor(get_upload_folder(), every, age, spare)
+
+
+def _run(fn: Any, name: str, gpu: bool = False) -> Any:
+    """A handler as an event runs it: on a GPU slice if asked, errors as one line each."""
+    return guard(on_gpu(fn) if gpu else fn, name)
+
+
 def _initial() -> dict[str, Any]:
     """Control values for the default model, so the page opens ready (no round trip)."""
     key = default_key()
     start = {"key": key, "card": "", "classes": [], "class_choices": [], "guidance": 2.0, "kind": generate.KIND_CLASS,
-             "attn": 1.0, "sigma": 0.1, "denoise": True, "num": 16, "conditional": True,
+             "attn": 1.0, "sigma": 0.1, "denoise": True, "num": 16, "num_max": generate.MAX_IMAGES, "num_info": None,
+             "conditional": True,
              "condition_choices": [("Most likely class", checks.AUTO), ("No label", checks.NO_LABEL)],
              "interp_choices": [("No label", checks.NO_LABEL)], "noise": 0.0, "temperature": 1.0,
              "examples": [], "examples_label": "Examples", "pairs": []}
@@ -102,6 +130,7 @@ def _initial() -> dict[str, Any]:
     start.update(card=card, classes=classes["value"], class_choices=classes["choices"],
                  conditional=classes["interactive"], guidance=guidance["value"], kind=kind["value"],
                  attn=attn["value"], sigma=sigma["value"], denoise=denoise["value"], num=num["value"],
+                 num_max=num["maximum"], num_info=num["info"],
                  condition_choices=condition["choices"], interp_choices=interp["choices"], noise=sigma["value"],
                  temperature=temperature["value"])
     start["examples"], start["examples_label"] = picker.examples_for(model)
@@ -143,7 +172,12 @@ def _invert_if_image(model: str, image: str | None, condition: str, precision: s
 def build_demo() -> gr.Blocks:
     s = _initial()
     heavy = {"concurrency_id": "compute", "concurrency_limit": concurrency()}
-    with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
+    # Page helpers (grid clicks, the drawing, the player, sending an image) are cheap, but they are
+    # reachable through the queue like any event: they share a few workers. Instant UI toggles
+    # (queue=False) return constants and stay off the queue.
+    light = {"concurrency_id": "light", "concurrency_limit": 4}
+    loads = {"concurrency_id": "models", "concurrency_limit": 2}  # model loads (downloads) wait apart
+    with gr.Blocks(title=TITLE, delete_cache=delete_cache()) as demo:
         gr.HTML(f'<div class="tf-header"><h1>TarFlow <span>· Transformer autoregressive flow</span></h1>'
                 f"<p>{TAGLINE}</p></div>")
         with gr.Row(equal_height=True):
@@ -164,7 +198,8 @@ def build_demo() -> gr.Blocks:
                             label="Classes", interactive=s["conditional"],
                             info="cycled over the images; none = no label",
                         )
-                        num = gr.Slider(1, generate.MAX_IMAGES, value=s["num"], step=1, label="Number of images")
+                        num = gr.Slider(1, s["num_max"], value=s["num"], step=1, label="Number of images",
+                                        info=s["num_info"])
                         with gr.Row(equal_height=True):
                             seed = gr.Number(0, label="Seed", precision=None, step=1, scale=3)
                             dice = gr.Button("Random", scale=1, min_width=70, size="sm")
@@ -173,13 +208,13 @@ def build_demo() -> gr.Blocks:
                                              label="Guidance scale w",
                                              info="0 = plain sampling; 1-4 typical; too high overflows")
                         with gr.Accordion("Guidance kind", open=False):
-                            kind = gr.Radio(generate.GUIDANCE_KINDS, value=s["kind"], label="Guide against",
+                            kind = SafeRadio(generate.GUIDANCE_KINDS, value=s["kind"], label="Guide against",
                                             info="the weak prediction that w pushes away from")
                             attn_temp = gr.Slider(0.1, 4, value=s["attn"], step=0.05, label="Attention temperature",
                                                   info="of the weak pass, for attention-temperature guidance")
                             annealed = gr.Checkbox(False, label="Annealed: w ramps from w/(T−1) to w over each "
                                                                "block's T tokens")
-                            guide_what = gr.Radio(generate.GUIDE_WHAT, value="ab", label="Guide which outputs")
+                            guide_what = SafeRadio(generate.GUIDE_WHAT, value="ab", label="Guide which outputs")
                         temperature = gr.Slider(0.1, 1.5, value=s["temperature"], step=0.05, label="Prior temperature",
                                                 info="z ~ N(0, T²): lower = smoother, less varied")
                         with gr.Row():
@@ -248,7 +283,7 @@ def build_demo() -> gr.Blocks:
                         gr.Markdown("One z per row, one column per value of **one** setting: what that setting "
                                     "alone changes. Model, classes, seed and every other setting come from the "
                                     "**Generate** tab.", elem_classes="tf-note")
-                        sweep = gr.Radio(compare.SWEEPS, value="guidance", label="Sweep")
+                        sweep = SafeRadio(compare.SWEEPS, value="guidance", label="Sweep")
                         sweep_values = gr.Textbox(compare.DEFAULT_VALUES["guidance"], label="Values",
                                                   info=f"comma-separated, at most {compare.MAX_COLUMNS}; "
                                                        "for classes: names (default: the chosen classes)")
@@ -277,11 +312,11 @@ def build_demo() -> gr.Blocks:
                             with gr.Tab("Draw"):
                                 gr.Markdown("Pick the **brush** beside the canvas, draw, then press "
                                             "**Invert this drawing**.", elem_classes="tf-note")
-                                sketch = gr.Sketchpad(label="Drawing", show_label=False, type="numpy",
-                                                      image_mode="RGBA", canvas_size=(336, 336),
-                                                      fixed_canvas=True, layers=False, elem_id="tf-sketch",
-                                                      brush=gr.Brush(default_size=22, colors=["#111111"],
-                                                                     color_mode="fixed"))
+                                sketch = SafeSketchpad(label="Drawing", show_label=False, sources=(),
+                                                       transforms=("crop",), image_mode="RGBA", canvas_size=(336, 336),
+                                                       fixed_canvas=True, layers=False, elem_id="tf-sketch",
+                                                       brush=gr.Brush(default_size=22, colors=["#111111"],
+                                                                      color_mode="fixed"))
                                 use_drawing = gr.Button("Invert this drawing")
                         condition = gr.Dropdown(s["condition_choices"], value=checks.AUTO if s["conditional"] else
                                                 checks.NO_LABEL, label="Condition on", allow_custom_value=True,
@@ -289,7 +324,7 @@ def build_demo() -> gr.Blocks:
                         add_noise = gr.Checkbox(s["noise"] > 0, interactive=s["noise"] > 0,
                                                 label=f"Add the training noise first (σ = {s['noise']:g})",
                                                 info="the flow maps noisy images to N(0, I); clean ones land near 0")
-                        precision = gr.Radio(invert.PRECISIONS, value="float32", label="Precision")
+                        precision = SafeRadio(invert.PRECISIONS, value="float32", label="Precision")
                         invert_btn = gr.Button("Invert", variant="primary")
                     with gr.Column(scale=2, min_width=420):
                         steps_img = _figure("1 · Fitted to the model's size and channels", elem_id="tf-fitted",
@@ -316,7 +351,7 @@ def build_demo() -> gr.Blocks:
                     with gr.Column(min_width=240):
                         interp_steps = gr.Slider(2, interpolate.MAX_INTERPOLATION_STEPS, value=8, step=1,
                                                  label="Points")
-                        interp_path = gr.Radio(interpolate.PATHS, value="slerp", label="Path")
+                        interp_path = SafeRadio(interpolate.PATHS, value="slerp", label="Path")
                         interp_cond = gr.Dropdown(s["interp_choices"], value=checks.NO_LABEL, label="Label",
                                                   allow_custom_value=True)
                         interp_btn = gr.Button("Interpolate", variant="primary")
@@ -349,9 +384,11 @@ def build_demo() -> gr.Blocks:
                        frame_md, image_dl]
         inv_outputs = [steps_img, forward, hist, back, recon_md, inv_heat, inv_heat_md, posterior, posterior_md]
         # A failed pick leaves the picker on the model that works (the card and controls never changed).
-        picked = model.input(picker.model_info, model, model_outputs, api_name="model_info", show_progress_on=card)
+        picked = model.input(_run(picker.model_info, "/model_info"), model, model_outputs, api_name="model_info",
+                             show_progress_on=card, **loads)
         picked.failure(picker.back_to, working, model, api_visibility="private", queue=False)
-        picked.success(picker.picked, model, [working, inv_examples, pair_examples], api_visibility="private").then(
+        picked.success(_run(picker.picked, "picked"), model, [working, inv_examples, pair_examples],
+                       api_visibility="private", **loads).then(
             _fresh_page, None, gen_outputs + inv_outputs + [interp_strip, interp_md, compare_img, compare_dl,
                                                             anim_file], api_visibility="private", queue=False)
         denoise.change(lambda on: gr.update(visible=bool(on)), denoise, raw_col, api_visibility="private",
@@ -361,48 +398,58 @@ def build_demo() -> gr.Blocks:
         gen_inputs = [model, classes, num, seed, guidance, kind, attn_temp, annealed, guide_what, temperature, denoise,
                       sigma, slow, by_class]
         run.click(lambda: gr.update(visible=False, value=None), None, anim_file, api_visibility="private",
-                  queue=False).then(on_gpu(generate.generate), gen_inputs, gen_outputs, api_name="generate",
-                                    show_progress_on=status, **heavy)
+                  queue=False).then(_run(generate.generate, "/generate", gpu=True), gen_inputs, gen_outputs,
+                                    api_name="generate", show_progress_on=status, **heavy)
         inspect_outputs = [samples, strip, heat, heat_md, frame_slider, frame_view, frame_md, image_dl]
-        pick.release(on_gpu(generate.inspect), [run_id, pick], inspect_outputs, api_name="inspect")
-        samples.select(generate.pick_from_grid, run_id, pick, api_visibility="private").then(
-            on_gpu(generate.inspect), [run_id, pick], inspect_outputs, api_visibility="private")
+        pick.release(_run(generate.inspect, "/inspect", gpu=True), [run_id, pick], inspect_outputs,
+                     api_name="inspect", **heavy)
+        samples.select(_run(generate.pick_from_grid, "grid click"), run_id, pick, api_visibility="private",
+                       **light).then(_run(generate.inspect, "inspect (click)", gpu=True), [run_id, pick],
+                                     inspect_outputs, api_visibility="private", **heavy)
 
         # the step-through player: recorded frames only, so no model runs and no GPU is needed
         player = [run_id, pick, frame_slider]
-        frame_slider.release(replay.frame, player, [frame_view, frame_md], api_name="frame")
-        back_btn.click(lambda r, p, f: replay.step(r, p, f, -1), player, [frame_slider, frame_view, frame_md],
-                       api_visibility="private")
-        fwd_btn.click(lambda r, p, f: replay.step(r, p, f, 1), player, [frame_slider, frame_view, frame_md],
-                      api_visibility="private")
-        playing = play_btn.click(replay.play, player, [frame_slider, frame_view, frame_md], api_visibility="private")
+        frame_slider.release(_run(replay.frame, "/frame"), player, [frame_view, frame_md], api_name="frame",
+                             **light)
+        back_btn.click(_run(lambda r, p, f: replay.step(r, p, f, -1), "step back"), player,
+                       [frame_slider, frame_view, frame_md], api_visibility="private", **light)
+        fwd_btn.click(_run(lambda r, p, f: replay.step(r, p, f, 1), "step forward"), player,
+                      [frame_slider, frame_view, frame_md], api_visibility="private", **light)
+        # playing sleeps between frames: its own group, so that it never holds up the helpers above
+        playing = play_btn.click(_run(replay.play, "play"), player, [frame_slider, frame_view, frame_md],
+                                 api_visibility="private", concurrency_id="player", concurrency_limit=4)
         pause_btn.click(None, None, None, cancels=[playing], api_visibility="private")
-        anim.click(replay.animation, run_id, anim_file, api_name="animation").success(
+        anim.click(_run(replay.animation, "/animation"), run_id, anim_file, api_name="animation", **heavy).success(
             lambda: gr.update(visible=True), None, anim_file, api_visibility="private", queue=False)
 
         compare_inputs = [model, classes, rows, seed, guidance, kind, attn_temp, annealed, guide_what, temperature,
                           denoise, sigma, sweep, sweep_values]
-        compare_btn.click(on_gpu(compare.compare), compare_inputs, [compare_img, compare_md, compare_dl],
-                          api_name="compare", show_progress_on=compare_md, **heavy)
+        compare_btn.click(_run(compare.compare, "/compare", gpu=True), compare_inputs,
+                          [compare_img, compare_md, compare_dl], api_name="compare", show_progress_on=compare_md,
+                          **heavy)
         sweep.change(lambda k: compare.DEFAULT_VALUES.get(k, ""), sweep, sweep_values, api_visibility="private",
                      queue=False)
 
-        to_invert.click(_send, [run_id, pick], [image, tabs], api_visibility="private")
-        to_a.click(_send, [run_id, pick], [image_a, tabs], api_visibility="private").then(
+        send = _run(_send, "send image")
+        to_invert.click(send, [run_id, pick], [image, tabs], api_visibility="private", **light)
+        to_a.click(send, [run_id, pick], [image_a, tabs], api_visibility="private", **light).then(
             None, js="() => document.getElementById('tf-a')?.scrollIntoView({block: 'center'})")
-        to_b.click(_send, [run_id, pick], [image_b, tabs], api_visibility="private").then(
+        to_b.click(send, [run_id, pick], [image_b, tabs], api_visibility="private", **light).then(
             None, js="() => document.getElementById('tf-b')?.scrollIntoView({block: 'center'})")
 
         inv_inputs = [model, image, condition, precision, add_noise]
-        invert_btn.click(on_gpu(invert.invert), inv_inputs, inv_outputs, api_name="invert", **heavy)
-        image.change(on_gpu(_invert_if_image), inv_inputs, inv_outputs, api_visibility="private", **heavy)
-        use_drawing.click(invert.drawing_to_file, sketch, image, api_visibility="private")
-        inv_examples.click(lambda sample: sample[0], inv_examples, image, api_visibility="private")
-        pair_examples.click(lambda sample: tuple(sample[:2]), pair_examples, [image_a, image_b],
-                            api_visibility="private")
+        invert_btn.click(_run(invert.invert, "/invert", gpu=True), inv_inputs, inv_outputs, api_name="invert",
+                         **heavy)
+        image.change(_run(_invert_if_image, "invert (upload)", gpu=True), inv_inputs, inv_outputs,
+                     api_visibility="private", **heavy)
+        use_drawing.click(_run(invert.drawing_to_file, "drawing"), sketch, image, api_visibility="private", **light)
+        inv_examples.click(_run(lambda sample: sample[0], "example"), inv_examples, image, api_visibility="private",
+                           **light)
+        pair_examples.click(_run(lambda sample: tuple(sample[:2]), "example pair"), pair_examples,
+                            [image_a, image_b], api_visibility="private", **light)
         interp_inputs = [model, image_a, image_b, interp_steps, interp_path, interp_cond]
-        interp_btn.click(on_gpu(interpolate.interpolate), interp_inputs, [interp_strip, interp_md],
-                         api_name="interpolate", **heavy)
+        interp_btn.click(_run(interpolate.interpolate, "/interpolate", gpu=True), interp_inputs,
+                         [interp_strip, interp_md], api_name="interpolate", **heavy)
     return demo
 
 
@@ -413,7 +460,7 @@ def launch_kwargs() -> dict[str, Any]:
         "theme": theme(),
         "css": CSS,
         "show_error": True,  # our gr.Error messages are written for users
-        "max_file_size": "25mb",
+        "max_file_size": max_upload_bytes(),
         "allowed_paths": [str(ASSETS)],
         "state_session_capacity": 500,  # visitors whose page state is kept (Gradio keeps 10000)
     }

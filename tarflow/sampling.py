@@ -190,9 +190,13 @@ def resolve_labels(model: TarFlow, classes: int | str | Sequence[int | str] | No
     items = [classes] if isinstance(classes, (int, str)) else list(classes)
     labels = []
     for c in items:
-        if isinstance(c, str) and not c.lstrip("-").isdigit():
+        # Only short ASCII digits are an index: "²" passes str.isdigit() but not int(), and a
+        # million digits would take int() seconds (or exceed Python's limit).
+        digits = c[1:] if isinstance(c, str) and c.startswith("-") else c
+        if isinstance(c, str) and not (digits.isascii() and digits.isdigit() and len(digits) <= 9):
             if c not in model.class_names:
-                raise ValueError(f"unknown class {c!r}; this model knows: {', '.join(model.class_names)}")
+                shown = c if len(c) <= 40 else c[:37] + "..."
+                raise ValueError(f"unknown class {shown!r}; this model knows: {', '.join(model.class_names)}")
             labels.append(model.class_names.index(c))
         else:
             c = int(c)

@@ -11,15 +11,14 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from app import animation, checks
-from app.runs import OUT_DIR, new_folder, prune
+from app import animation, checks, limits, storage
+from app.models import pick_device
 from app.tabs.generate import MAX_GUIDANCE, _settings
 from tarflow.images import save_png
 from tarflow.model import TarFlow
 from tarflow.sampling import Samples, SampleSettings, resolve_labels, sample_stream, to_uint8
 
 MAX_COLUMNS, MAX_ROWS = 6, 8
-FIGURES_KEPT = 32
 SWEEPS = [("Guidance scale w", "guidance"), ("Prior temperature", "temperature"), ("Denoise off / on", "denoise"),
           ("Class", "class")]
 DEFAULT_VALUES = {"guidance": "0, 2, 4, 8", "temperature": "0.6, 0.8, 1, 1.2", "denoise": "off, on", "class": ""}
@@ -68,6 +67,8 @@ def compare(model_key: str, classes: list[str] | None, rows: int, seed: int, gui
     base = _settings(model, classes, rows, seed, guidance, kind, attn_temp, annealed, guide_what, temperature,
                      denoise, sigma)
     swept = _values(model, sweep, values, classes)
+    runs = 1 if sweep == "denoise" else len(swept)  # denoise: one run gives both columns
+    job = limits.sampling_job(model, rows * runs, pick_device().type, "Compare").check()
     labels = resolve_labels(model, base.classes, rows).tolist()
     row_names = None if sweep == "class" or not model.num_classes else [
         model.class_names[y] if y >= 0 else "no label" for y in labels]
@@ -81,9 +82,11 @@ def compare(model_key: str, classes: list[str] | None, rows: int, seed: int, gui
     skip = gr.skip()
     for k, status in sweep_columns(model, base, sweep, swept, heads, columns):
         yield figure(), f"Column {k + 1}/{len(heads)} · {heads[k]} · {status}", skip
+        if job.stopped:
+            yield figure(), f"**Stopped** · {job.reason}, in column {k + 1}/{len(heads)}: the rest is missing.", skip
+            return
     final = figure()
-    path = save_png(final, new_folder("compare") / f"tarflow-compare-{sweep}-seed{base.seed}.png")
-    prune(OUT_DIR / "compare", keep=FIGURES_KEPT)
+    path = save_png(final, storage.new_folder("compare") / f"tarflow-compare-{sweep}-seed{base.seed}.png")
     done = sum(c[1] is not None for c in columns)
     status = (f"**Done** · {len(heads)} columns ({done} drawn) × {rows} rows from the same noise, "
               f"sweeping {dict((v, k) for k, v in SWEEPS)[sweep].lower()}")

@@ -15,9 +15,9 @@ import gradio as gr
 import numpy as np
 import torch
 
-from app import captions, checks, render
+from app import captions, checks, limits, render
 from app.inputs import to_model
-from app.models import model_folder
+from app.models import model_folder, pick_device
 from app.runs import RUNS, FrameInfo, Run
 from app.tabs.replay import frame_view
 from tarflow.heldout import HeldOutRange, image_bits_per_dim
@@ -120,8 +120,11 @@ def _generate(model_key: str, classes: Any, num: Any, seed: Any, guidance: Any, 
               labels=torch.tensor(labels), denoised=settings.denoise, class_names=list(model.class_names),
               scale=render.display_scale(layout.cols * (model.img_size + 2) + 2), layout=layout,
               margin=render.label_margin(layout), num_blocks=model.num_blocks)
+    job = limits.sampling_job(model, settings.num, pick_device().type, "Generate").check()
     samples = yield from _stream(model, settings, run, SLOW_INTERVAL if slow else FRAME_INTERVAL, started,
-                                 progress)
+                                 progress, job)
+    if samples is None:
+        return  # stopped: the last frame and the reason are on the page
     run.images, run.raw = samples.images, samples.raw
     _warn_if_off(model, run, settings)
     progress(1.0, desc="denoising and drawing")
@@ -136,9 +139,10 @@ def record_every(model: TarFlow, num: int) -> int:
 
 
 def _stream(model: TarFlow, settings: SampleSettings, run: Run, interval: float, started: float,
-            progress: gr.Progress) -> Generator[tuple, None, Samples]:
+            progress: gr.Progress, job: limits.Job) -> Generator[tuple, None, Samples | None]:
     """Record frames into ``run`` and yield (grid, status) every few tokens and at each block's end,
-    paced by ``interval`` seconds; return the samples."""
+    paced by ``interval`` seconds; return the samples, or None when the job was stopped (after
+    yielding the unfinished grid and the reason)."""
     every = record_every(model, settings.num)
     shown_every = max(1, math.ceil(model.num_tokens / FRAMES_PER_BLOCK))
     cap = max(MAX_FRAMES, model.num_blocks + 1)
@@ -165,6 +169,11 @@ def _stream(model: TarFlow, settings: SampleSettings, run: Run, interval: float,
             status = captions.sampling_status(item, model, last - started, settings.temperature_for(model))
             yield (grid, status, *(_cleared() if first else (gr.skip(),) * (NUM_OUTPUTS - 2)))
             first = False
+            if job.stopped:
+                yield (grid, f"**Stopped** · {job.reason}, in block {item.stage}/{model.num_blocks} at token "
+                       f"{item.tokens}/{item.num_tokens}: the images above are unfinished. Ask for fewer images.",
+                       *_cleared())
+                return None
     except FloatingPointError:
         raise gr.Error(f"Sampling overflowed: guidance {settings.guidance:g} is too strong for this model "
                        "(the values became infinite). Lower the guidance scale (try 1-4) or the prior "

@@ -9,11 +9,12 @@ import gradio as gr
 import numpy as np
 import torch
 
-from app import captions, checks, render
+from app import captions, checks, limits, render
 from app.checks import AUTO, NO_LABEL
 from app.inputs import to_model
+from app.models import pick_device
 from tarflow.model import TarFlow
-from tarflow.sampling import reverse, slerp
+from tarflow.sampling import reverse_stream, slerp
 
 MAX_INTERPOLATION_STEPS = 16
 PATHS = [("spherical (keeps |z|)", "slerp"), ("linear", "linear")]
@@ -28,6 +29,7 @@ def interpolate(model_key: str, image_a: str | None, image_b: str | None, steps:
     cond = checks.condition(model, condition if condition not in (None, "", AUTO) else NO_LABEL)
     if image_a in (None, "") or image_b in (None, ""):
         raise gr.Error("Choose two images (A and B) to interpolate between.")
+    job = limits.interpolate_job(model, steps, pick_device().type).check()
     fa, fb = checks.image(model, image_a), checks.image(model, image_b)
     xs = torch.cat([to_model(fa.array, model), to_model(fb.array, model)])
     y = None if cond is None else torch.tensor([cond, cond], device=xs.device)
@@ -37,7 +39,8 @@ def interpolate(model_key: str, image_a: str | None, image_b: str | None, steps:
     ts = [i / (steps - 1) for i in range(steps)]
     blend = [(slerp if path == "slerp" else torch.lerp)(zs[0], zs[1], t) for t in ts]
     progress(0.4, desc=f"decoding {steps} points")
-    decoded = reverse(model, torch.stack(blend), None if y is None else y[:1].expand(steps))
+    labels = None if y is None else y[:1].expand(steps)
+    decoded = [f for f in limits.watch(reverse_stream(model, torch.stack(blend), labels), job)][-1].latent
     err = max(float((decoded[0] - xs[0]).abs().max()), float((decoded[-1] - xs[1]).abs().max()))
     strip = _path_strip(model, fa.array, fb.array, decoded, ts)
     return strip, captions.interpolation(model, path == "slerp", [float(b.norm()) for b in blend], err)

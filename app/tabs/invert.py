@@ -10,11 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app import captions, checks, render
+from app import captions, checks, limits, render, storage
 from app.checks import AUTO
 from app.inputs import BadImage, Fitted, sketch_to_image, to_model
-from app.models import model_folder
-from app.runs import OUT_DIR, new_folder, prune
+from app.models import model_folder, pick_device
 from tarflow.calibration import Calibration, margins_bits, noisy_class_log_likelihoods, posterior
 from tarflow.heldout import HeldOutRange, image_bits_per_dim
 from tarflow.likelihood import nll_map
@@ -22,7 +21,6 @@ from tarflow.model import TarFlow
 from tarflow.sampling import Guidance, reverse_stream
 
 MAX_CLASSIFY = 100  # classes; classifying needs one forward pass per class
-DRAWINGS_KEPT = 64
 PRECISIONS = [("float32", "float32"), ("float64 (exact to ~1e-15)", "float64")]
 
 
@@ -49,6 +47,9 @@ def invert(model_key: str, image: str | None, condition: str = AUTO, precision: 
     # densities p_σ(x | y) are all defined at the clean image).
     folder = model_folder(model_key)
     cal = Calibration.load(folder) if folder else None
+    scored = model32.num_classes if 0 < model32.num_classes <= MAX_CLASSIFY else 0
+    job = limits.invert_job(model32, dtype == torch.float64, scored * max(1, cal.noise_draws if cal else 0),
+                            pick_device().type).check()
     scores = _class_scores(model32, to_model(fitted.array, model32), cal)
     if cond == AUTO:
         cond = int(np.argmax(scores)) if scores is not None else None
@@ -59,7 +60,7 @@ def invert(model_key: str, image: str | None, condition: str = AUTO, precision: 
     steps = render.strip(fitted.steps, height=96, caption="; ".join(fitted.notes) or None)
     forward_strip, hist, z, outputs = _push_forward(model, x, y, shown, noisy)
     progress(0.5, desc="pulling back")
-    reverse_strip, recon = _pull_back(model, z, y, x, outputs, precision)
+    reverse_strip, recon = _pull_back(model, z, y, x, outputs, precision, job)
     progress(0.8, desc="likelihood")
     heat, heat_md = _likelihood(model, x, y, shown, name)
     chart, chart_md = _classification(model32, scores, cal, noisy, unusual)
@@ -130,9 +131,10 @@ def _push_forward(model: TarFlow, x: torch.Tensor, y: torch.Tensor | None, shown
 
 
 def _pull_back(model: TarFlow, z: torch.Tensor, y: torch.Tensor | None, x: torch.Tensor,
-               outputs: list[torch.Tensor], precision: str) -> tuple[Any, str]:
-    """(reverse strip from z back to x̂, report of how closely each state matches the forward pass)."""
-    frames = [f.latent for f in reverse_stream(model, z, y, Guidance()) if f.block_done]
+               outputs: list[torch.Tensor], precision: str, job: limits.Job) -> tuple[Any, str]:
+    """(reverse strip from z back to x̂, report of how closely each state matches the forward pass);
+    stops at the job's deadline."""
+    frames = [f.latent for f in limits.watch(reverse_stream(model, z, y, Guidance()), job) if f.block_done]
     nb = model.num_blocks
     panels = [("z", render.as_uint8(frames[0])[0])]
     for s in range(1, nb + 1):
@@ -165,7 +167,6 @@ def drawing_to_file(sketch: Any) -> str:
     arr = np.asarray(img)
     if arr.size == 0 or int(arr.max()) - int(arr.min()) < 16:
         raise gr.Error("The canvas is empty: draw something first.")
-    path = new_folder("drawings") / "drawing.png"
+    path = storage.new_folder("drawings") / "drawing.png"
     img.save(path)
-    prune(OUT_DIR / "drawings", keep=DRAWINGS_KEPT)
     return str(path)
