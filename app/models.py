@@ -189,9 +189,9 @@ def resolve(key: str) -> ModelEntry:
         split_hub_id(key)
     except ModelLoadError:
         shown = key if len(key) <= 60 else key[:57] + "..."
-        folder = "a local folder or " if allow_local_paths() else ""
-        raise ModelLoadError(f"{shown!r} is not a listed model, {folder}a Hugging Face Hub id (owner/name, or "
-                             "owner/name/file.pth; letters, digits, '-', '_' and '.')") from None
+        kinds = "a listed model, a local folder or" if allow_local_paths() else "a listed model or"
+        raise ModelLoadError(f"{shown!r} is not {kinds} a Hugging Face Hub id (owner/name, or owner/name/file.pth; "
+                             "letters, digits, '-', '_' and '.')") from None
     owners = hub_owners()
     if owners is not None and key.split("/")[0].lower() not in owners:
         raise ModelLoadError("this server offers only the listed models; other Hub models are switched off "

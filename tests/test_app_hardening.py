@@ -35,7 +35,8 @@ UPLOAD_MB = 1
 
 def gen_args(**over) -> list:
     args = dict(model_key="tiny-cond", classes=["star"], num=4, seed=0, guidance=1.0, kind="class", attn_temp=1.0,
-                annealed=False, guide_what="ab", temperature=1.0, denoise=True, sigma=0.1, slow=False)
+                annealed=False, guide_what="ab", temperature=1.0, denoise=True, sigma=0.1, slow=False,
+                rows_by_class=True)
     args.update(over)
     return list(args.values())
 
@@ -54,7 +55,7 @@ def server(dirs):
         "SPACE_ID": "test/tarflow", "TARFLOW_MODELS_DIR": str(dirs["models"]), "TARFLOW_FRAME_INTERVAL": "0",
         "TARFLOW_MAX_WORK": str(WORK_CAP), "GRADIO_TEMP_DIR": str(dirs["gradio"]),
         "TARFLOW_SCRATCH": str(dirs["scratch"]), "TARFLOW_SCRATCH_MB": "1", "TARFLOW_CACHE": str(dirs["cache"]),
-        "TARFLOW_DELETE_CACHE": "1,6", "TARFLOW_RUNS_MB": "0.03", "TARFLOW_MAX_UPLOAD_MB": str(UPLOAD_MB),
+        "TARFLOW_DELETE_CACHE": "1,6", "TARFLOW_RUNS_MB": "0.06", "TARFLOW_MAX_UPLOAD_MB": str(UPLOAD_MB),
     })
     yield s
     alive = s.alive()
@@ -160,7 +161,7 @@ def test_drawings_are_bounded_whether_sent_as_files_or_canvas_pieces(client, ser
     ("someone/some-model", "offers only the listed models"),
     ("someone/some-model/weights.pth", "offers only the listed models"),
     ("file:///etc/passwd", "local paths are disabled"),
-    ("mnist/../../etc", "not a Hugging Face Hub model id"),
+    ("mnist/../../etc", "is not a listed model or a Hugging Face Hub id"),
     ("x" * 300, "at most 200 characters"),
 ])
 def test_public_server_fetches_only_listed_models(client, server, key, message):
@@ -182,7 +183,7 @@ def test_local_paths_answer_the_same_whether_or_not_they_exist(client, exists, m
     for key in (exists, missing):
         with pytest.raises(AppError) as err:
             client.predict(key, api_name="/model_info")
-        answers.append(str(err.value))
+        answers.append(str(err.value).replace(repr(key), "<key>"))  # a message may quote the text sent
     assert answers[0] == answers[1]
 
 
@@ -195,8 +196,14 @@ def test_work_cap_is_stated_and_enforced(client):
     assert "at most 10 per request" in card
     assert client.predict("tiny-rgb", api_name="/model_info")[7]["maximum"] == 31  # cheaper per image
     assert client.predict(*gen_args(num=10), api_name="/generate")[1].startswith("**Done**")
-    with pytest.raises(AppError, match="limited to 10 images with this model"):
+    with pytest.raises(AppError, match="Generate is limited to 10 images with this model"):
         client.predict(*gen_args(num=11), api_name="/generate")
+    compare = gen_args(num=4)[:-2] + ["guidance", "0, 1, 2"]  # 3 columns of 4 images
+    compare[2] = 4
+    with pytest.raises(AppError, match="Compare is limited to 10 images with this model"):
+        client.predict(*compare, api_name="/compare")
+    compare[-1] = "0, 1"
+    assert client.predict(*compare, api_name="/compare")[1].startswith("**Done**")
 
 
 def test_requests_past_the_time_limit_stop_with_what_they_have(dirs):
@@ -279,10 +286,10 @@ def test_files_written_for_responses_are_deleted(client, server, dirs):
 
 
 def test_kept_runs_are_bounded_by_bytes(client):
-    # TARFLOW_RUNS_MB=0.03 here: 10 tiny images take ~13 kB, so two runs fit and older ones go.
+    # TARFLOW_RUNS_MB=0.06 here: 10 tiny images with their recorded frames take ~26 kB, so at most
+    # two runs fit (24 would be kept by count) and older ones go.
     ids = [client.predict(*gen_args(num=10, seed=k), api_name="/generate")[7] for k in range(4)]
-    for run_id in ids[2:]:
-        assert client.predict(run_id, 1, api_name="/inspect")[2].startswith("**Image 1**")
+    assert client.predict(ids[-1], 1, api_name="/inspect")[3].startswith("**Image 1**")
     for run_id in ids[:2]:
         with pytest.raises(AppError, match="no longer kept"):
             client.predict(run_id, 1, api_name="/inspect")
@@ -332,13 +339,15 @@ def test_each_error_is_one_short_log_line(client, server):
 
 
 def test_page_helpers_are_private_and_queued(server):
-    """Every backend event goes through the queue (and so its size limit and a concurrency group,
-    checked in test_limits.py); only the five documented endpoints are open to gradio_client."""
+    """Every backend event but instant private UI toggles goes through the queue (and so its size
+    limit and a concurrency group, checked in test_limits.py); only the documented endpoints are
+    open to gradio_client."""
     with urllib.request.urlopen(f"{server.url}config", timeout=30) as r:
         deps = json.loads(r.read())["dependencies"]
     for dep in deps:
         if dep.get("backend_fn") and dep.get("queue") is False:
-            assert dep.get("api_visibility") == "private", dep.get("api_name")  # Gradio's example loaders
+            assert dep.get("api_visibility") == "private", dep.get("api_name")
     api = Client(server.url, verbose=False, analytics_enabled=False).view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/model_info", "/generate", "/inspect", "/invert", "/interpolate"}
+    assert set(api["named_endpoints"]) == {"/model_info", "/generate", "/inspect", "/frame", "/animation", "/compare",
+                                           "/invert", "/interpolate"}
     assert not api["unnamed_endpoints"]

@@ -23,8 +23,9 @@ from app_models import make_tiny_models
 from helpers import images, make_model
 from PIL import Image
 
-from app import handlers as h
-from app import inputs, limits, models, storage
+from app import checks, inputs, limits, models, storage
+from app.runs import RUNS, RunStore
+from app.tabs import generate
 from tarflow import TarFlow, sampling
 from tarflow.hub import HubLimits, ModelLoadError, check_config, fetch_checked, parameter_count, split_hub_id
 
@@ -55,7 +56,7 @@ def test_job_cost_is_images_passes_tokens_parameters(public):
     assert job.cost == 5 * 3 * 16 * n
     assert job.cap == limits.DEFAULT_WORK_CAP["cpu"] and job.limit == limits.DEFAULT_TIME_LIMIT["cpu"]
     assert job.max_images(64) == 64  # a tiny model is far under the cap
-    assert limits.invert_job(model, True, 100, "cpu").cost == 1 * (3 + 3) * 2 * 16 * n
+    assert limits.invert_job(model, True, 3, "cpu").cost == 1 * (3 + 3) * 2 * 16 * n  # 3 classes scored
     assert limits.interpolate_job(model, 8, "cuda").cost == 10 * 16 * n
 
 
@@ -332,18 +333,20 @@ def test_uploads_are_limited_to_eight_megabytes_by_default(monkeypatch):
 # ---------------------------------------------------------------------------------------------- memory
 
 
+@pytest.mark.filterwarnings("ignore:These samples are measurably off")  # random tiny weights
 def test_kept_runs_are_bounded_by_bytes(tiny):
-    runs = [h.RUNS.get(list(h.generate(**dict(model_key="tiny-cond", classes=["star"], num=4, seed=k, guidance=1.0,
-                                                   kind="class", attn_temp=1.0, annealed=False, guide_what="ab",
-                                                   temperature=1.0, denoise=True, sigma=0.1),
-                                        progress=lambda *a, **k: None))[-1][7]) for k in range(5)]
-    store = h.RunStore(capacity=100, max_bytes=int(2.5 * runs[0].nbytes))
+    args = dict(model_key="tiny-cond", classes=["star"], num=4, guidance=0.0, kind="class", attn_temp=1.0,
+                annealed=False, guide_what="ab", temperature=1.0, denoise=True, sigma=0.1)
+    runs = [RUNS.get(list(generate.generate(**args, seed=k, progress=lambda *a, **k: None))[-1][7])
+            for k in range(5)]
+    assert runs[0].nbytes >= sum(f.nbytes for f in runs[0].frames) > 0
+    store = RunStore(capacity=100, max_bytes=int(2.5 * runs[0].nbytes))
     ids = [store.put(run) for run in runs]
     assert len(store) == 2 and store.nbytes <= 2.5 * runs[0].nbytes
     store.get(ids[-1])
     with pytest.raises(gr.Error, match="no longer kept"):
         store.get(ids[0])
-    one = h.RunStore(capacity=100, max_bytes=1)
+    one = RunStore(capacity=100, max_bytes=1)
     one.put(runs[0])
     assert len(one) == 1  # the newest run always stays
 
@@ -353,12 +356,9 @@ def test_denoising_works_in_bounded_chunks_with_the_same_result(monkeypatch):
     x = images(model, n=7)
     y = torch.tensor([0, 1, 2, -1, 0, 1, 2])
     whole = sampling.denoise(model, x, y, 0.2)
-    import tarflow.likelihood
-
     sizes = []
-    log_prob = tarflow.likelihood.log_prob
-    monkeypatch.setattr(tarflow.likelihood, "log_prob", lambda m, xs, ys=None: sizes.append(len(xs)) or
-                        log_prob(m, xs, ys))
+    log_prob = sampling.log_prob
+    monkeypatch.setattr(sampling, "log_prob", lambda m, xs, ys=None: sizes.append(len(xs)) or log_prob(m, xs, ys))
     monkeypatch.setattr(sampling, "DENOISE_CHUNK", 3)
     torch.testing.assert_close(sampling.denoise(model, x, y, 0.2), whole, rtol=0, atol=1e-6)
     assert sizes == [3, 3, 1]
@@ -465,30 +465,34 @@ def test_guard_turns_errors_into_one_logged_line(caplog):
 
 def test_odd_class_names_are_unknown_classes(tiny):
     model = models.MODELS.get("tiny-cond")
-    for name in ("²", "١", "7" * 10_000, "-1", " 2 "):
-        if name.strip() == "2":
-            assert h._class_indices(model, [name]) == [2]
-            continue
+    assert checks.class_labels(model, [" 2 ", "-1", "square"], 3) == [2, -1, 1]
+    for name in ("²", "١", "--3", "7" * 1_000_000):
+        t = time.perf_counter()
         with pytest.raises(gr.Error, match="Unknown class") as err:
-            h._class_indices(model, [name])
-        assert len(err.value.message) < 200
+            checks.class_labels(model, [name], 3)
+        assert len(err.value.message) < 200 and time.perf_counter() - t < 0.1
 
 
 def test_every_event_runs_in_a_concurrency_group():
+    """Every backend event is either queued in a group with a limit, or an instant private UI
+    toggle kept off the queue (they return constants)."""
     from app.ui import build_demo
 
     demo = build_demo()
-    groups = {}
+    groups, instant = {}, set()
     for fn in demo.fns.values():
         if fn.fn is None:
             continue
         name = fn.api_name or fn.name
         if not fn.queue:
-            assert name.startswith("load_example"), name  # Gradio's example loaders (private)
+            assert fn.api_visibility == "private", name
+            instant.add(name)
             continue
         groups[name] = (fn.concurrency_id, fn.concurrency_limit)
-    compute = {groups[n] for n in ("generate", "inspect", "inspect_1", "invert", "_invert_if_image", "interpolate")}
+    assert all(n in ("back_to", "_fresh_page") or n.startswith("lambda") for n in instant), instant
+    compute = {groups[n] for n in ("generate", "inspect", "inspect_1", "invert", "_invert_if_image", "interpolate",
+                                   "compare", "animation")}
     assert len(compute) == 1 and next(iter(compute))[0] == "compute"
-    assert {groups[n][0] for n in ("pick_from_grid", "drawing_to_file", "lambda")} == {"light"}
-    assert groups["model_info"][0] == "models"
+    assert {groups[n][0] for n in ("pick_from_grid", "drawing_to_file", "_send", "frame")} == {"light"}
+    assert groups["model_info"][0] == groups["picked"][0] == "models" and groups["play"][0] == "player"
     assert all(limit and limit <= 4 for _, limit in groups.values())
