@@ -10,7 +10,8 @@ offline, its files in a temporary folder (or uses ``--url``: then RSS is not mea
    oversized drawings and drawing pieces, typed-in models (Hub ids, URLs, paths, a 300-character
    name), odd classes, inline data URLs, a burst of concurrent 64-image generations;
 3. ``--mixed`` requests over every tab at the largest allowed sizes (64 images of each bundled
-   model, inspect, float64 invert, 16-point interpolation, a drawing, a model switch);
+   model, inspect, the animation, a 8 x 6 comparison, float64 invert, 16-point interpolation, a
+   drawing, a model switch);
 4. the normal generation again.
 
 Prints per request: the answer (shortened), seconds, and the server's resident memory before,
@@ -115,7 +116,7 @@ class Bench:
     def generate(self, model: str, num: int, classes: list[str] | None = None, seed: int = 0, **over: Any) -> Any:
         args = dict(model_key=model, classes=classes or [], num=num, seed=seed, guidance=3.0, kind="class",
                     attn_temp=1.0, annealed=False, guide_what="ab", temperature=0.9, denoise=True, sigma=0.1,
-                    slow=False)
+                    slow=False, rows_by_class=True)
         args.update(over)
         return self.client.predict(*args.values(), api_name="/generate")
 
@@ -197,7 +198,11 @@ def mixed(b: Bench, count: int, tmp: Path) -> None:
         ex = EXAMPLES / example
         steps += [
             (f"{model}: 64 images", lambda m=model: run_ids.__setitem__(m, b.generate(m, 64, ["0"])[7]) or "done"),
-            (f"{model}: inspect", lambda m=model: b.client.predict(run_ids.get(m, ""), 64, api_name="/inspect")[2]),
+            (f"{model}: inspect", lambda m=model: b.client.predict(run_ids.get(m, ""), 64, api_name="/inspect")[3]),
+            (f"{model}: animation (GIF)", lambda m=model: b.client.predict(run_ids.get(m, ""), api_name="/animation")),
+            (f"{model}: compare 8 x 6", lambda m=model: b.client.predict(
+                m, [], 8, 0, 3.0, "class", 1.0, False, "ab", 0.9, True, 0.1, "guidance", "0, 1, 2, 3, 4, 6",
+                api_name="/compare")[1]),
             (f"{model}: invert float64", lambda m=model, e=ex: b.invert(m, e, "float64")[4]),
             (f"{model}: interpolate 16", lambda m=model, e=ex: b.client.predict(
                 m, handle_file(str(e)), handle_file(str(EXAMPLES / "mnist-7.png")), 16, "slerp", "none",
