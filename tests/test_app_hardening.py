@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import struct
+import sys
 import tempfile
 import time
 import urllib.request
@@ -21,7 +22,9 @@ import pytest
 from app_models import make_tiny_models
 from app_server import ROOT, start_app
 from PIL import Image, ImageDraw
-from raw_client import PeakRSS, component_id, file_data, fn_index, post_blob, queue_call, upload
+
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the raw protocol client that benchmarks/abuse.py uses
+from raw_client import PeakRSS, component_id, file_data, fn_index, post_blob, queue_call, upload  # noqa: E402
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402

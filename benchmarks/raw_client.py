@@ -2,7 +2,7 @@
 number, including the page's private helpers that gradio_client refuses to call), uploads, the
 component server (the drawing canvas's blobs), and the server process's memory.
 
-Shared by the hardening tests and ``benchmarks/abuse.py``.
+Used by ``benchmarks/abuse.py`` and by the hardening tests (tests/test_app_hardening.py).
 """
 
 from __future__ import annotations
