@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: the package lives in the repos
 from tarflow import TarFlow, engine  # noqa: E402
 from tarflow.sampling import Guidance, reverse, reverse_stream  # noqa: E402
 
-PLAIN = "plain TarFlow.reverse (reference-style)"
+PLAIN = "plain TarFlow.reverse"
 
 
 def best_time(fn, repeats: int, sync=lambda: None) -> float:
@@ -79,6 +79,60 @@ def sampling_flops(model: TarFlow, rows: int) -> float:
     return 2.0 * rows * len(model.blocks) * steps * (linear + attention)
 
 
+def benchmark_model(device: torch.device) -> TarFlow:
+    """The MNIST toy configuration of the paper's code: 28x28x1, patch 4, width 128, 4 blocks x 4
+    layers, with random weights that keep samples finite under guidance."""
+    torch.manual_seed(0)
+    model = TarFlow(1, 28, 4, 128, 4, 4, num_classes=10)
+    with torch.no_grad():
+        for name, prm in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                prm.normal_(0, 0.01 if "proj_out" in name else 0.05)
+    return model.to(device).eval()
+
+
+def published_reverse(path: str, model: TarFlow, z, y, guidance: float):
+    """The published reverse() of transformer_flow.py at ``path``, on our model's weights."""
+    spec = importlib.util.spec_from_file_location("reference_flow", path)
+    ref_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref_mod)
+    ref = ref_mod.Model(1, 28, 4, 128, 4, 4, num_classes=10).to(z.device)
+    ref.load_state_dict(model.state_dict())
+
+    @torch.no_grad()
+    def published():
+        return ref.reverse(z.clone(), y, guidance=guidance)
+
+    return published
+
+
+def print_table(rows_out: list[tuple[str, float]], flops: float, peak: float) -> None:
+    t_plain = dict(rows_out)[PLAIN]
+    print(f"{'sampler':36s} {'time':>9s} {'speed-up':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    for name, t in rows_out:
+        gf = flops / t / 1e9
+        print(f"{name:36s} {t * 1e3:7.1f}ms {t_plain / t:8.2f}x {gf:8.1f} {gf / peak:7.1%}")
+    print(f"matmul peak (2048^2 fp32): {peak:.1f} GFLOP/s; work per call {flops / 1e9:.2f} GFLOP")
+
+
+def streaming_and_bf16(model: TarFlow, z, y, g: Guidance, repeats: int, sync) -> None:
+    """The cost of streaming frames, and of sampling in bfloat16, against plain fp32 sampling."""
+    def stream(every):
+        for _ in reverse_stream(model, z, y, g, every=every):
+            pass
+
+    t_plain, t_blocks, t_tokens = best_times([lambda: reverse(model, z, y, g), lambda: stream(None), lambda: stream(6)],
+                                             repeats, sync)
+    print(f"streaming: per block {t_blocks / t_plain:.3f}x, every 6 tokens {t_tokens / t_plain:.3f}x "
+          f"the time of plain sampling ({t_plain * 1e3:.1f}ms)")
+    try:
+        t_bf16 = best_time(lambda: reverse(model, z, y, g, dtype=torch.bfloat16), repeats, sync)
+        err = (reverse(model, z, y, g, dtype=torch.bfloat16) - reverse(model, z, y, g)).abs().max().item()
+        print(f"bf16: {t_bf16 * 1e3:.1f}ms ({t_plain / t_bf16:.2f}x fp32), max |bf16 - fp32| = {err:.3f}")
+    except RuntimeError as e:
+        print(f"bf16 not available here: {e}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--num", type=int, default=16)
@@ -92,19 +146,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    # The MNIST toy configuration of the paper's code: 28x28x1, patch 4, width 128, 4 blocks x 4 layers.
-    torch.manual_seed(0)
-    model = TarFlow(1, 28, 4, 128, 4, 4, num_classes=10)
-    with torch.no_grad():  # random weights that keep samples finite under guidance
-        for name, prm in model.named_parameters():
-            if not name.endswith("norm.weight"):
-                prm.normal_(0, 0.01 if "proj_out" in name else 0.05)
-    model = model.to(device).eval()
+    model = benchmark_model(device)
     z = torch.randn(args.num, model.num_tokens, model.token_dim, device=device)
     y = torch.arange(args.num, device=device) % 10
     g = Guidance(args.guidance)
-    rows = args.num * (2 if g.active else 1)
     print(f"device {device}, threads {torch.get_num_threads()}, {args.num} samples, guidance {args.guidance}, "
           f"model {sum(x.numel() for x in model.parameters()) / 1e6:.1f}M params, {model.num_tokens} tokens")
 
@@ -115,7 +160,7 @@ def main() -> None:
         return model.reverse(z, y, guidance=args.guidance)
 
     ours = ours_reverse()
-    diff = (ours - plain_reverse()).abs().max().item()
+    print(f"max |ours - TarFlow.reverse| = {(ours - plain_reverse()).abs().max().item():.2e}")
     contenders = [(PLAIN, plain_reverse),
                   ("ours, steps as plain PyTorch", variant(ours_reverse, USE_SCRIPTED_LOOP=False)),
                   ("ours, TorchScript steps, one batch", variant(ours_reverse, CPU_SHARDS=1)),
@@ -123,52 +168,18 @@ def main() -> None:
     if device.type != "cpu":  # the scripted loop and its shards are for CPUs
         del contenders[1:3]
     if args.reference:
-        spec = importlib.util.spec_from_file_location("reference_flow", args.reference)
-        ref_mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(ref_mod)
-        ref = ref_mod.Model(1, 28, 4, 128, 4, 4, num_classes=10).to(device)
-        ref.load_state_dict(model.state_dict())
-
-        @torch.no_grad()
-        def published():
-            return ref.reverse(z.clone(), y, guidance=args.guidance)
-
+        published = published_reverse(args.reference, model, z, y, args.guidance)
         print(f"max |ours - published| = {(published() - ours).abs().max().item():.2e}, "
               f"max |TarFlow.reverse - published| = {(published() - plain_reverse()).abs().max().item():.2e}")
         contenders.insert(0, ("published reverse()", published))
-    shards = engine.shard_rows(args.num, device, torch.float32)
     how = "compiled by TorchScript" if engine.runs_scripted(device, torch.float32) else "as plain PyTorch"
-    print(f"ours: token steps {how}, {len(shards)} shard(s) of the batch run at once")
+    print(f"ours: token steps {how}, {len(engine.shard_rows(args.num, device, torch.float32))} shard(s) of the "
+          "batch run at once")
     times = best_times([fn for _, fn in contenders], args.repeats, sync)
-    rows_out = [(name, t) for (name, _), t in zip(contenders, times)]
-    t_plain = dict(rows_out)[PLAIN]
-
-    peak = matmul_peak(device, torch.float32, sync)
-    flops = sampling_flops(model, rows)
-    print(f"max |ours - TarFlow.reverse| = {diff:.2e}")
-    print(f"{'sampler':36s} {'time':>9s} {'speed-up':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")
-    for name, t in rows_out:
-        gf = flops / t / 1e9
-        print(f"{name:36s} {t * 1e3:7.1f}ms {t_plain / t:8.2f}x {gf:8.1f} {gf / peak:7.1%}")
-    print(f"matmul peak (2048^2 fp32): {peak:.1f} GFLOP/s; work per call {flops / 1e9:.2f} GFLOP")
-
-    def stream(every):
-        for _ in reverse_stream(model, z, y, g, every=every):
-            pass
-
-    t_plain_ours, t_blocks, t_tokens = best_times(
-        [ours_reverse, lambda: stream(None), lambda: stream(6)],
-        args.repeats, sync)
-    print(f"streaming: per block {t_blocks / t_plain_ours:.3f}x, every 6 tokens {t_tokens / t_plain_ours:.3f}x "
-          f"the time of plain sampling ({t_plain_ours * 1e3:.1f}ms)")
-
-    try:
-        t_bf16 = best_time(lambda: list(reverse_stream(model, z, y, g, dtype=torch.bfloat16)), args.repeats, sync)
-        bf = list(reverse_stream(model, z, y, g, dtype=torch.bfloat16))[-1].latent
-        print(f"bf16: {t_bf16 * 1e3:.1f}ms ({t_plain_ours / t_bf16:.2f}x fp32), max |bf16 - fp32| = "
-              f"{(bf - ours).abs().max().item():.3f}")
-    except RuntimeError as e:
-        print(f"bf16 not available here: {e}")
+    rows = args.num * (2 if g.active else 1)
+    print_table([(name, t) for (name, _), t in zip(contenders, times)], sampling_flops(model, rows),
+                matmul_peak(device, torch.float32, sync))
+    streaming_and_bf16(model, z, y, g, args.repeats, sync)
 
 
 if __name__ == "__main__":
