@@ -50,12 +50,16 @@ CSS = """
 #tf-generate { min-height: 48px; font-size: 1.05rem; }
 #tf-figure { position: sticky; top: 12px; align-self: flex-start; }
 #tf-frame img { image-rendering: pixelated; object-fit: contain; }
+.tf-group-title { padding: 8px 12px 6px; font-size: 0.92rem; }
+.tf-group-title p { margin: 0; line-height: 1.45; }
 #tf-compare img { width: 100%; height: auto; object-fit: contain; }
 .tf-player button { min-width: 44px; }
 .katex-display { overflow-x: auto; overflow-y: hidden; padding: 2px 0; }
+#tf-status .error, #tf-compare-status .error { display: none !important; }  /* the status line says why */
 @media (max-width: 640px) {
   .tf-header h1 { font-size: 1.5rem; }
   .tf-card { min-width: 100% !important; }
+  .katex-display { font-size: 0.92em; }
 }
 """
 
@@ -205,7 +209,7 @@ def build_demo() -> gr.Blocks:
                             dice = gr.Button("Random", scale=1, min_width=70, size="sm")
                         run = gr.Button("Generate", variant="primary", elem_id="tf-generate")
                         guidance = gr.Slider(0, generate.MAX_GUIDANCE, value=s["guidance"], step=0.1,
-                                             label="Guidance scale w",
+                                             label="Guidance scale w", elem_id="tf-guidance",
                                              info="0 = plain sampling; 1-4 typical; too high overflows")
                         with gr.Accordion("Guidance kind", open=False):
                             kind = SafeRadio(generate.GUIDANCE_KINDS, value=s["kind"], label="Guide against",
@@ -246,7 +250,7 @@ def build_demo() -> gr.Blocks:
                                             elem_id="tf-anim-file", interactive=False)
                         with gr.Group():
                             gr.Markdown("**Step through it** · every recorded frame of the inspected image, "
-                                        "replayed without running the model again", elem_classes="tf-fig-title")
+                                        "replayed without running the model again", elem_classes="tf-group-title")
                             with gr.Row(equal_height=True):
                                 frame_view = gr.Image(show_label=False, interactive=False, format="png",
                                                       elem_id="tf-frame", height=240, width=240, buttons=[],
@@ -387,19 +391,22 @@ def build_demo() -> gr.Blocks:
         picked = model.input(_run(picker.model_info, "/model_info"), model, model_outputs, api_name="model_info",
                              show_progress_on=card, **loads)
         picked.failure(picker.back_to, working, model, api_visibility="private", queue=False)
-        picked.success(_run(picker.picked, "picked"), model, [working, inv_examples, pair_examples],
-                       api_visibility="private", **loads).then(
-            _fresh_page, None, gen_outputs + inv_outputs + [interp_strip, interp_md, compare_img, compare_dl,
-                                                            anim_file], api_visibility="private", queue=False)
         denoise.change(lambda on: gr.update(visible=bool(on)), denoise, raw_col, api_visibility="private",
                        queue=False)
         dice.click(None, None, seed, js="() => Math.floor(Math.random() * 1000000)")
 
         gen_inputs = [model, classes, num, seed, guidance, kind, attn_temp, annealed, guide_what, temperature, denoise,
                       sigma, slow, by_class]
-        run.click(lambda: gr.update(visible=False, value=None), None, anim_file, api_visibility="private",
-                  queue=False).then(_run(generate.generate, "/generate", gpu=True), gen_inputs, gen_outputs,
-                                    api_name="generate", show_progress_on=status, **heavy)
+        generating = run.click(lambda: gr.update(visible=False, value=None), None, anim_file,
+                               api_visibility="private", queue=False).then(
+            _run(generate.generate, "/generate", gpu=True), gen_inputs, gen_outputs, api_name="generate",
+            show_progress_on=status, **heavy)
+        # A new model: a run of the old one is stopped and every result of it cleared.
+        picked.success(_run(picker.picked, "picked"), model, [working, inv_examples, pair_examples],
+                       api_visibility="private", **loads).then(
+            _fresh_page, None, gen_outputs + inv_outputs + [interp_strip, interp_md, compare_img, compare_dl,
+                                                            anim_file], api_visibility="private", queue=False,
+            cancels=[generating])
         inspect_outputs = [samples, strip, heat, heat_md, frame_slider, frame_view, frame_md, image_dl]
         pick.release(_run(generate.inspect, "/inspect", gpu=True), [run_id, pick], inspect_outputs,
                      api_name="inspect", **heavy)

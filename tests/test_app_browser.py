@@ -7,6 +7,7 @@ Screenshots go to test-artifacts/.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def browser():
 def page(browser):
     server = shared_server()
     ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
     pg = context.new_page()
     pg.set_default_timeout(TIMEOUT_MS)
     pg.goto(server.url, wait_until="load")
@@ -75,6 +76,44 @@ def shot(locator, name: str) -> Path:
     path = ARTIFACTS / name
     locator.screenshot(path=str(path))
     return path
+
+
+def open_tab(page, name: str) -> None:
+    """Click a top-level tab; on a narrow screen the last tabs sit behind Gradio's "More tabs" menu."""
+    tab = page.get_by_role("tab", name=name, exact=True)
+    if not tab.first.is_visible():
+        page.get_by_role("button", name="More tabs").click()
+        page.locator("button", has_text=name).last.click()
+        return
+    tab.first.click()
+
+
+def scroll_through(page) -> None:
+    """Scroll down the page and back so that lazily loaded pictures load before a full-page shot."""
+    height = page.evaluate("() => document.body.scrollHeight")
+    for y in range(0, height, 500):
+        page.evaluate(f"() => window.scrollTo(0, {y})")
+        page.wait_for_timeout(100)
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.wait_for_timeout(300)
+
+
+def test_generate_is_in_the_first_viewport_on_load(browser):
+    server = shared_server()
+    ARTIFACTS.mkdir(exist_ok=True)
+    for width, height, name in ((1400, 900, "load-1400x900.png"), (390, 844, "load-390x844.png")):
+        context = browser.new_context(viewport={"width": width, "height": height})
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(server.url, wait_until="load")
+        button = pg.get_by_role("button", name="Generate", exact=True)
+        button.wait_for()
+        pg.screenshot(path=str(ARTIFACTS / name))
+        box = button.bounding_box()
+        if width == 1400:
+            assert box["y"] + box["height"] <= height, f"Generate is below the fold at {width}x{height}: {box}"
+        assert_not_blank(ARTIFACTS / name, min_std=4.0)
+        context.close()
 
 
 def test_generate_streams_and_shows_results(page):
@@ -114,6 +153,127 @@ def test_generate_streams_and_shows_results(page):
     assert page.get_by_text("bits/dim", exact=False).count() > 0
 
 
+def generate_and_wait(page) -> None:
+    """Press Generate and wait for this run's "Done" (not an earlier run's)."""
+    old = page.locator("#tf-status").inner_text()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    # while a run streams, the status also holds its progress bar's text (so "Done" may still show)
+    page.wait_for_function("(old) => { const t = (document.querySelector('#tf-status')?.innerText || '').trim();"
+                           " return t !== old && t.startsWith('Done'); }", arg=old.strip())
+
+
+def frame_caption(page) -> str:
+    return page.locator("#tf-frame-md").inner_text()
+
+
+def test_the_player_steps_plays_and_pauses_through_recorded_frames(page):
+    open_tab(page, "Generate")
+    if "Done" not in page.locator("#tf-status").inner_text():
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.locator("#tf-status", has_text="Done").wait_for()
+    page.locator("#tf-frame-md", has_text="Frame").wait_for()
+    last = frame_caption(page)
+    total = int(last.split(" of ")[1].split()[0])
+    assert total > 8 and last.startswith(f"Frame {total} of {total}")
+    src = page.locator("#tf-frame img").get_attribute("src")
+    page.get_by_role("button", name="◀ Step").click()
+    page.locator("#tf-frame-md", has_text=f"Frame {total - 1} of {total}").wait_for()
+    page.wait_for_function("(old) => document.querySelector('#tf-frame img')?.src !== old", arg=src)
+    # play from the last-but-one frame: it runs to the end; from the end it restarts at the prior
+    page.get_by_role("button", name="▶ Play").click()
+    page.locator("#tf-frame-md", has_text=f"Frame {total} of {total}").wait_for()
+    page.wait_for_timeout(500)  # a button's event that is still finishing ignores a second click
+    page.get_by_role("button", name="▶ Play").click()
+    page.wait_for_function("(n) => { const m = document.querySelector('#tf-frame-md')?.innerText.match(/Frame (\\d+)/);"
+                           " return m && +m[1] < n - 2; }", arg=total)  # restarted from the start
+    page.get_by_role("button", name="❚❚ Pause").click()
+    page.wait_for_timeout(400)
+    paused = frame_caption(page)
+    page.wait_for_timeout(800)
+    assert frame_caption(page) == paused, "the player went on after Pause"
+    shown = int(re.search(r"Frame (\d+) of", paused).group(1))
+    assert shown < total
+    page.get_by_role("button", name="Step ▶").click()
+    page.locator("#tf-frame-md", has_text=f"Frame {shown + 1} of {total}").wait_for()
+    slider = page.locator("#tf-frame-slider input[type=number]")
+    assert slider.input_value() == str(shown)  # the slider counts from 0
+    assert_not_blank(shot(page.locator("#tf-frame img"), "player-frame.png"), min_std=4.0)
+
+
+def test_the_animation_download_is_a_gif_of_many_frames(page):
+    open_tab(page, "Generate")
+    if "Done" not in page.locator("#tf-status").inner_text():
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.locator("#tf-status", has_text="Done").wait_for()
+    page.get_by_role("button", name="Download animation (GIF)").click()
+    link = page.locator("#tf-anim-file a").first
+    link.wait_for()
+    with page.expect_download() as info:
+        link.click()
+    path = ARTIFACTS / "animation.gif"
+    info.value.save_as(str(path))
+    with Image.open(path) as gif:
+        assert gif.format == "GIF" and gif.n_frames > 1
+        gif.seek(gif.n_frames - 1)
+        assert np.asarray(gif.convert("L")).std() > 8
+
+
+def test_a_comparison_shows_one_labelled_column_per_setting(page):
+    open_tab(page, "Compare")
+    page.get_by_label("Values").fill("0, 2, 4")
+    page.locator("#tf-compare-btn").click()
+    page.locator("#tf-compare-status", has_text="drawn").wait_for()
+    status = page.locator("#tf-compare-status").inner_text()
+    assert "3 columns (3 drawn)" in status
+    path = shot(page.locator("#tf-compare img"), "compare.png")
+    assert_not_blank(path)
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("L"), dtype=np.float64)
+    # the columns are bands of image separated by white gaps, below the header with their labels
+    body = arr[int(arr.shape[0] * 0.3):]
+    ink = (body < 200).mean(axis=0) > 0.2
+    bands = int(np.count_nonzero(np.diff(ink.astype(int)) == 1) + ink[0])
+    assert bands == 3, f"{bands} columns in the comparison"
+    header = arr[: int(arr.shape[0] * 0.12)]
+    assert (header < 128).any(), "no column labels"
+    page.screenshot(path=str(ARTIFACTS / "compare-page.png"), full_page=True)
+
+
+def test_a_typed_non_model_returns_to_the_working_model(page):
+    open_tab(page, "Generate")
+    picker = page.get_by_label("Model")
+    before = picker.input_value()
+    picker.fill("asdf qwerty")
+    picker.press("Enter")
+    page.get_by_text("is not a listed model", exact=False).first.wait_for()
+    page.wait_for_function("(v) => document.querySelector('input[aria-label=\"Model\"]')?.value === v", arg=before)
+    generate_and_wait(page)  # the model that works still works
+
+
+def test_a_failed_run_leaves_a_consistent_page_with_its_reason(page):
+    open_tab(page, "Generate")
+    page.get_by_label("Model").fill("tiny-cond")
+    page.get_by_label("Model").press("Enter")
+    page.locator(".tf-card", has_text="3 classes").first.wait_for()
+    guidance = page.locator("#tf-guidance input[type=number]")
+    guidance.fill("20")
+    guidance.press("Enter")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    try:
+        page.locator("#tf-status", has_text="Failed").wait_for(timeout=30_000)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "debug-failed.png"), full_page=True)
+        raise
+    assert "Lower the guidance" in page.locator("#tf-status").inner_text()
+    assert page.locator("#tf-samples img").count() == 0 and page.locator("#tf-heatmap img").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "generate-failed.png"))
+    guidance.fill("1")
+    guidance.press("Enter")
+    page.get_by_label("Model").fill("mnist")
+    page.get_by_label("Model").press("Enter")
+    page.locator(".tf-card", has_text="10 classes").first.wait_for()
+
+
 def test_invert_an_uploaded_image(page):
     page.get_by_role("tab", name="Invert").click()
     page.locator("#tf-upload input[type=file]").set_input_files(str(EXAMPLE))
@@ -147,7 +307,29 @@ def test_invert_a_drawing(page):
 
 
 def test_learn_explains_with_a_figure(page):
-    page.get_by_role("tab", name="Learn").click()
+    open_tab(page, "Learn")
     page.get_by_text("How TarFlow works").wait_for()
     page.screenshot(path=str(ARTIFACTS / "learn.png"), full_page=True)
     assert page.locator(".katex").count() > 5  # the formulas rendered
+
+
+def test_a_phone_sized_screen(browser):
+    """390 x 844: generate, the Learn page's formulas fit (or scroll inside their own box)."""
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(shared_server().url, wait_until="load")
+    pg.get_by_role("button", name="Generate", exact=True).click()
+    pg.locator("#tf-status", has_text="Done").wait_for()
+    scroll_through(pg)
+    pg.screenshot(path=str(ARTIFACTS / "phone-generate.png"), full_page=True)
+    assert_not_blank(ARTIFACTS / "phone-generate.png", min_std=4.0)
+    open_tab(pg, "Learn")
+    pg.get_by_text("How TarFlow works").wait_for()
+    pg.screenshot(path=str(ARTIFACTS / "phone-learn.png"), full_page=True)
+    wide = pg.evaluate("() => [...document.querySelectorAll('.katex-display')].filter(e => "
+                       "e.getBoundingClientRect().right > window.innerWidth + 1 || e.scrollWidth > e.clientWidth + 1)"
+                       ".length")
+    assert wide == 0, "a formula runs off the screen"
+    assert pg.evaluate("() => document.documentElement.scrollWidth") <= 390 + 1
+    context.close()

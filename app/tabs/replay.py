@@ -59,8 +59,9 @@ def play(run_id: str, index: float, frame_number: float) -> Iterator[tuple[Any, 
     run, i, f = _where(run_id, index, frame_number)
     start = 0 if f >= len(run.frames) - 1 else f
     for k in range(start, len(run.frames)):
+        if k > start:
+            time.sleep(PLAY_INTERVAL)
         yield (k, *frame_view(run, i, k))
-        time.sleep(PLAY_INTERVAL)
 
 
 def animation(run_id: str) -> str:
