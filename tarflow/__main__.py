@@ -28,6 +28,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from tarflow.hub import load_model
     from tarflow.images import grid, save_png
+    from tarflow.jacobi import Jacobi
     from tarflow.sampling import Samples, SampleSettings, sample_stream
 
     out = Path(args.out)
@@ -37,11 +38,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
     settings = SampleSettings(
         num=args.num, classes=args.classes, seed=args.seed, guidance=args.guidance, guide_what=args.guide_what,
         attn_temp=args.attn_temp, annealed=args.annealed, temperature=args.temperature,
-        denoise=not args.no_denoise, sigma=args.sigma,
+        denoise=not args.no_denoise, sigma=args.sigma, decode=args.decode,
+        jacobi=Jacobi(args.jacobi_tol, args.jacobi_window, args.jacobi_max_iters, args.jacobi_sequential_first),
     )
     dtype = torch.bfloat16 if args.bf16 else None
     steps = len(model.blocks) * (model.num_tokens - 1)
-    every = max(1, (model.num_tokens - 1) // 8)
+    # Jacobi windows never span two progress updates: it reports per block, not per few tokens.
+    every = None if args.decode == "jacobi" else max(1, (model.num_tokens - 1) // 8)
     result = None
     with tqdm(total=steps, desc="sampling", unit="tok", disable=args.quiet) as bar:
         done = 0
@@ -53,6 +56,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
                 bar.update(total - done)
                 done = total
     assert result is not None
+    if result.decode is not None and not args.quiet:
+        print(f"jacobi passes: {result.decode.summary()}")
     images = result.uint8()
     if out.suffix.lower() == ".npz":
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +151,13 @@ def _add_sample_command(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-denoise", action="store_true")
     s.add_argument("--device", default="auto")
     s.add_argument("--bf16", action="store_true", help="sample in bfloat16")
+    s.add_argument("--decode", default="sequential", choices=["sequential", "jacobi"],
+                   help="token by token, or Jacobi passes over whole windows of tokens")
+    s.add_argument("--jacobi-tol", type=float, default=1e-3, help="stop a window when no value changes more")
+    s.add_argument("--jacobi-window", type=int, default=0, help="tokens per Jacobi window (0: whole block)")
+    s.add_argument("--jacobi-max-iters", type=int, default=0, help="passes per window at most (0: no cap)")
+    s.add_argument("--jacobi-sequential-first", action="store_true",
+                   help="invert the first sampled block token by token")
     s.add_argument("--nrow", type=int, default=None)
     s.add_argument("--scale", type=int, default=1, help="enlarge the PNG grid by this factor")
     s.add_argument("--quiet", action="store_true")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from tarflow.engine import Inverter
+from tarflow.jacobi import DECODE_CHOICES, DecodeReport, Jacobi, JacobiInverter
 from tarflow.likelihood import log_prob
 from tarflow.model import Guidance, TarFlow
 
@@ -60,9 +61,14 @@ def reverse_stream(
     every: int | None = None,
     dtype: torch.dtype | None = None,
     check_finite: bool = False,
+    jacobi: Jacobi | None = None,
+    report: DecodeReport | None = None,
 ) -> Iterator[Frame]:
     """Invert the flow from the latent z (B, T, D), yielding a Frame for the prior sample, after
     each block and, if ``every`` is set, every ``every`` tokens inside a block.
+
+    With ``jacobi`` settings the blocks are decoded by Jacobi passes (:mod:`tarflow.jacobi`;
+    a window never spans two frames), and ``report``, if given, receives the passes per window.
 
     The last frame's latent is the sample. Work happens in inference mode between yields only,
     so the consumer's own autograd state is never changed. With ``check_finite`` a block that
@@ -84,7 +90,12 @@ def reverse_stream(
         frame = Frame(0, None, T, T, model.unpatchify(seq.transpose(0, 1).to(out_dtype)))
     yield frame
     num_blocks = len(model.blocks)
-    inverter = Inverter(B, y, guidance, device, dtype)
+    if jacobi is None:
+        inverter = Inverter(B, y, guidance, device, dtype)
+    else:
+        inverter = JacobiInverter(B, y, guidance, device, dtype, jacobi)
+        if report is not None:
+            inverter.report = report
     for stage, k in enumerate(reversed(range(num_blocks)), start=1):
         block = model.blocks[k]
         with torch.inference_mode():
@@ -93,7 +104,10 @@ def reverse_stream(
         while i < T - 1:
             stop = T - 1 if every is None else min(T - 1, i + every)
             with torch.inference_mode():
-                inverter.advance(block, seq, i, stop)
+                if jacobi is None:
+                    inverter.advance(block, seq, i, stop)
+                else:
+                    inverter.advance(block, seq, i, stop, index=k)
                 i = stop
                 if i == T - 1:
                     seq = block.permute(seq, 0).contiguous()  # back to natural order
@@ -169,6 +183,7 @@ class Samples:
     images: torch.Tensor
     raw: torch.Tensor
     labels: torch.Tensor
+    decode: DecodeReport | None = None  # Jacobi decoding's passes per window; None when sequential
 
     def uint8(self, which: str = "images") -> torch.Tensor:
         """(B, H, W, C) uint8 of the denoised ("images") or raw ("raw") samples."""
@@ -220,6 +235,16 @@ class SampleSettings:
     temperature: float | None = None  # prior temperature, z ~ N(0, T^2); None: the model's recommended (or 1)
     denoise: bool = True
     sigma: float | None = None  # None: the model's training noise level
+    decode: str = "sequential"  # or "jacobi": parallel decoding with the ``jacobi`` settings
+    jacobi: Jacobi = Jacobi()
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODE_CHOICES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_CHOICES)}, got {self.decode!r}")
+
+    def jacobi_for(self) -> Jacobi | None:
+        """The Jacobi settings when decoding in parallel, else None."""
+        return self.jacobi if self.decode == "jacobi" else None
 
     def guidance_for(self, model: TarFlow) -> Guidance:
         rec = model.sampling
@@ -254,12 +279,15 @@ def sample_stream(
     device = model.var.device
     y = labels.to(device) if model.num_classes else None
     frame = None
-    for frame in reverse_stream(model, z, y, guidance, every=every, dtype=dtype, check_finite=True):
+    jacobi = settings.jacobi_for()
+    report = DecodeReport() if jacobi is not None else None
+    for frame in reverse_stream(model, z, y, guidance, every=every, dtype=dtype, check_finite=True,
+                                jacobi=jacobi, report=report):
         yield frame
     assert frame is not None
     raw = frame.latent  # finite: checked at every block's end
     images = denoise(model, raw, y, settings.sigma) if settings.denoise else raw
-    yield Samples(images=images.cpu(), raw=raw.cpu(), labels=labels)
+    yield Samples(images=images.cpu(), raw=raw.cpu(), labels=labels, decode=report)
 
 
 def sample(model: TarFlow, settings: SampleSettings = SampleSettings(), dtype: torch.dtype | None = None) -> Samples:
