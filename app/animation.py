@@ -1,8 +1,9 @@
 """Pictures made from a run's recorded frames: the animated GIF of the grid forming, and the
 labelled side-by-side comparison figure.
 
-GIF only: an MP4 would need FFmpeg (a system binary, or PyAV's ~30 MB of bundled FFmpeg libraries
-as a new dependency), while every browser and slide program plays GIFs.
+GIF only. An MP4 needs an H.264 encoder: the `av` package (PyAV 18.1) bundles one (libx264) in a
+36 MB wheel, without a system binary, but that is a new dependency of the Space for a second format
+of the same animation; every browser and slide program plays GIFs.
 """
 
 from __future__ import annotations
