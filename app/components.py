@@ -26,7 +26,7 @@ from typing import Any
 import gradio as gr
 import gradio.component_meta as _component_meta
 from gradio.components.base import server
-from gradio.components.image_editor import AcceptBlobs, EditorData
+from gradio.components.image_editor import AcceptBlobs, EditorData, EditorDataBlobs
 from gradio.data_classes import FileData
 from PIL import Image, UnidentifiedImageError
 
@@ -143,6 +143,59 @@ class SafeRadio(gr.Radio):
             raise gr.Error(f"{self.label or 'This choice'} must be one of {', '.join(map(repr, choices))}, "
                            f"got {echo(payload)}")  # printed by Gradio as one line: see app/limits.py
         return super().preprocess(payload)
+
+
+class SafeEditor(gr.ImageEditor):
+    """An ImageEditor whose handler gets file paths: background, layers and composite are checked
+    as images here and decoded later by ``app.inputs`` with its size checks. The pieces a browser
+    uploads before the event are bounded (size, layer index, drawings in flight): the stock editor
+    grows a list to whatever layer index a caller names."""
+
+    is_template = True
+    MAX_LAYERS = 4
+
+    @server
+    def accept_blobs(self, data: AcceptBlobs) -> None:
+        info, files = data.data, data.files
+        blob_id, kind = str(info.get("id") or "")[:64], info.get("type")
+        if not files or not blob_id or len(files[0][1]) > max_upload_bytes():
+            return
+        index = str(info.get("index") or "")
+        layer = int(index) if index.isdecimal() and len(index) < 3 else None
+        if kind not in ("background", "composite") and (kind != "layer" or layer is None
+                                                        or layer >= self.MAX_LAYERS):
+            return
+        with _blob_lock:
+            current = self.blob_storage.pop(blob_id, None) or EditorDataBlobs(background=None, layers=[],
+                                                                              composite=None)
+            if kind == "layer":
+                current.layers.extend([None] * (layer + 1 - len(current.layers)))
+                current.layers[layer] = files[0][1]
+            else:
+                setattr(current, kind, files[0][1])
+            self.blob_storage[blob_id] = current
+            while len(self.blob_storage) > PENDING_DRAWINGS:
+                del self.blob_storage[next(iter(self.blob_storage))]
+
+    def convert_and_format_image(self, file: FileData | None | bytes,  # type: ignore[override]
+                                 flatten_on_white: bool = False) -> str | None:
+        if file is None:
+            return None
+        if isinstance(file, (bytes, bytearray, memoryview)):
+            raw = bytes(file)
+            fmt = check_image_bytes(raw)
+            folder = storage.new_folder("editor")
+            path = folder / f"layer.{fmt}"
+            try:
+                path.write_bytes(raw)
+            except OSError:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise gr.Error("The server could not store the drawing; try again later.",
+                               print_exception=False) from None
+            return str(path)
+        if file.path is None:
+            raise gr.Error("The editor sent an image without a file.")
+        return str(file.path)
 
 
 _component_meta.create_or_modify_pyi = _write_stub

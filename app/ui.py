@@ -1,7 +1,8 @@
 """The page: layout and event wiring, declared in one place (``build_demo``).
 
 Public API endpoints (``gradio_client`` names): ``/model_info``, ``/generate`` (streams),
-``/inspect``, ``/frame``, ``/animation``, ``/compare`` (streams), ``/invert``, ``/interpolate``.
+``/inspect``, ``/frame``, ``/animation``, ``/compare`` (streams), ``/invert``, ``/interpolate``,
+``/ood``, ``/bits``, ``/inpaint`` and ``/repair`` (both stream).
 Helpers the page needs but the API does not (grid clicks, the sketchpad, invert-on-upload, the
 player's play / pause / step buttons, sending an image to another tab) are private.
 """
@@ -16,12 +17,12 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 
 from app import checks, picker, storage
-from app.components import SafeImage, SafeRadio, SafeSketchpad
+from app.components import SafeEditor, SafeImage, SafeRadio, SafeSketchpad
 from app.gpu import on_gpu
 from app.limits import guard, max_upload_bytes, public
 from app.models import ModelLoadError, default_key, pick_device
 from app.runs import RUNS
-from app.tabs import compare, generate, interpolate, invert, replay
+from app.tabs import compare, generate, interpolate, invert, likelihood, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -364,6 +365,74 @@ def build_demo() -> gr.Blocks:
                 interp_strip = _figure("Decoded path from A to B", elem_id="tf-interp", buttons=["download"])
                 interp_md = gr.Markdown(elem_classes="tf-note")
 
+            # ---------------------------------------------------------------- Likelihood
+            with gr.Tab("Likelihood", id="likelihood") as lk_tab:
+                gr.Markdown("What an **exact** log-likelihood buys: does the model know what it has never seen, "
+                            "can its score fill in a hole, and where do an image's bits go? Every bits/dim here "
+                            "is scored as the model was trained: its training noise added, one fixed draw.",
+                            elem_classes="tf-note")
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        lk_image = SafeImage(label="Image", type="filepath", image_mode=None,
+                                             sources=["upload", "clipboard"], elem_classes="tf-input",
+                                             elem_id="tf-lk-image", height=220)
+                        lk_examples = gr.Dataset(components=[lk_image], samples=likelihood.examples(),
+                                                 label="Examples from all three datasets", samples_per_page=8,
+                                                 type="values", elem_id="tf-lk-examples")
+                        lk_sample = gr.Button("Draw a sample from the model", size="sm")
+                        with gr.Row(equal_height=True):
+                            lk_condition = gr.Dropdown(likelihood.initial_choices(s["key"]), value=checks.NO_LABEL,
+                                                       label="Class y", allow_custom_value=True, scale=3,
+                                                       info="for the sample, the bits and the refill")
+                            lk_seed = gr.Number(0, label="Seed", precision=0, scale=1, min_width=80)
+                    with gr.Column(scale=2, min_width=320):
+                        with gr.Tabs(elem_id="tf-lk-tabs"):
+                            with gr.Tab("Out of distribution?", id="lk-ood"):
+                                lk_ood_btn = gr.Button("Show histograms", size="sm", elem_id="tf-ood-btn")
+                                lk_ood = _figure("Bits/dim of a few hundred images per set, one model",
+                                                 elem_id="tf-ood", buttons=["download", "fullscreen"],
+                                                 placeholder="computed once per model (a minute or two), "
+                                                             "then read from disk")
+                                lk_ood_table = gr.Markdown(elem_classes="tf-note", elem_id="tf-ood-table")
+                            with gr.Tab("Inpaint & repair", id="lk-inpaint"):
+                                with gr.Row():
+                                    with gr.Column(min_width=260):
+                                        gr.Markdown("Pick the **brush** and paint over what to erase, then choose "
+                                                    "**What you painted**, or use a preset.", elem_classes="tf-note")
+                                        lk_editor = SafeEditor(
+                                            show_label=False, type="filepath", image_mode="RGBA",
+                                            sources=[], canvas_size=(likelihood.CANVAS, likelihood.CANVAS),
+                                            fixed_canvas=True, layers=False, transforms=(), elem_id="tf-lk-editor",
+                                            brush=gr.Brush(default_size=28, colors=["#d946ef"], color_mode="fixed"),
+                                            eraser=gr.Eraser(default_size=28))
+                                    with gr.Column(min_width=240):
+                                        lk_mask = SafeRadio(likelihood.MASK_CHOICES, value="bottom", label="Erase")
+                                        lk_start = SafeRadio(likelihood.STARTS, value="samples", label="Refill from")
+                                        lk_steps = gr.Slider(1, likelihood.MAX_STEPS, value=likelihood.DEFAULT_STEPS,
+                                                             step=1, label="Langevin steps",
+                                                             info="gradient steps on log p(x | y), erased pixels only")
+                                        lk_refill = gr.Button("Refill", variant="primary", elem_id="tf-refill")
+                                        with gr.Accordion("Repair a damaged copy", open=False):
+                                            lk_damage = SafeRadio(likelihood.DAMAGES, value="noise", label="Damage")
+                                            lk_strength = gr.Slider(0, max(likelihood.MAX_STRENGTH.values()), value=0.4,
+                                                                    step=0.05, label="Strength",
+                                                                    info="noise std ([-1, 1] scale) or blur std (px)")
+                                            lk_repair = gr.Button("Damage, then repair", elem_id="tf-repair")
+                                lk_status = gr.Markdown("Pick an image, choose what to erase, press **Refill**.",
+                                                        elem_classes="tf-status", elem_id="tf-inpaint-status")
+                                lk_fig = _figure("Original · erased · refilled (the refilled region outlined)",
+                                                 elem_id="tf-inpaint", buttons=["fullscreen"])
+                                lk_result = gr.DownloadButton("Download the result (PNG)", interactive=False,
+                                                              size="sm", elem_id="tf-inpaint-download")
+                            with gr.Tab("Where the bits go", id="lk-bits"):
+                                lk_bits_btn = gr.Button("Split the bits", size="sm", elem_id="tf-bits-btn")
+                                lk_bars = _figure("−log₂ p(x) per dimension, part by part", elem_id="tf-bits",
+                                                  buttons=["download"],
+                                                  placeholder="pick an image: its bits/dim split block by block")
+                                lk_heat = _figure("The same total, pixel by pixel", elem_id="tf-bits-heat",
+                                                  buttons=["download"])
+                                lk_bits_md = gr.Markdown(elem_classes="tf-note", elem_id="tf-bits-md")
+
             # ---------------------------------------------------------------- Learn
             with gr.Tab("Learn", id="learn"):
                 with gr.Row():
@@ -457,6 +526,31 @@ def build_demo() -> gr.Blocks:
         interp_inputs = [model, image_a, image_b, interp_steps, interp_path, interp_cond]
         interp_btn.click(_run(interpolate.interpolate, "/interpolate", gpu=True), interp_inputs,
                          [interp_strip, interp_md], api_name="interpolate", **heavy)
+
+        # ---------------------------------------------------------------- Likelihood events
+        ood_io = ([model, lk_image], [lk_ood, lk_ood_table])
+        lk_tab.select(_run(likelihood.ood_view, "/ood", gpu=True), *ood_io, api_visibility="private", **heavy)
+        lk_ood_btn.click(_run(likelihood.ood_view, "/ood", gpu=True), *ood_io, api_name="ood", **heavy)
+        bits_io = ([model, lk_image, lk_condition], [lk_bars, lk_heat, lk_bits_md])
+        lk_bits_btn.click(_run(likelihood.bits_split, "/bits", gpu=True), *bits_io, api_name="bits", **heavy)
+        lk_image.change(_run(likelihood.to_editor, "editor"), [model, lk_image], lk_editor, api_visibility="private",
+                        **light).then(
+            _run(likelihood.ood_view, "/ood", gpu=True), *ood_io, api_visibility="private", **heavy).then(
+            _run(likelihood.bits_split, "/bits", gpu=True), *bits_io, api_visibility="private", **heavy)
+        lk_examples.click(_run(lambda sample: sample[0], "example"), lk_examples, lk_image, api_visibility="private",
+                          **light)
+        lk_sample.click(_run(likelihood.draw_sample, "draw sample", gpu=True), [model, lk_condition, lk_seed],
+                        lk_image, api_visibility="private", **heavy)
+        refill_in = [model, lk_image, lk_editor, lk_mask, lk_condition, lk_start, lk_steps, lk_seed]
+        lk_refill.click(_run(likelihood.refill, "/inpaint", gpu=True), refill_in, [lk_fig, lk_status, lk_result],
+                        api_name="inpaint", show_progress_on=lk_status, **heavy)
+        repair_in = [model, lk_image, lk_damage, lk_strength, lk_condition, lk_steps, lk_seed]
+        lk_repair.click(_run(likelihood.repair, "/repair", gpu=True), repair_in, [lk_fig, lk_status, lk_result],
+                        api_name="repair", show_progress_on=lk_status, **heavy)
+        lk_damage.change(likelihood.strength_for, lk_damage, lk_strength, api_visibility="private", queue=False)
+        picked.success(_run(likelihood.on_model, "likelihood tab"), model,
+                       [lk_condition, lk_ood, lk_ood_table, lk_fig, lk_status, lk_result, lk_bars, lk_heat, lk_bits_md],
+                       api_visibility="private", **light)
     return demo
 
 

@@ -102,3 +102,31 @@ def class_log_likelihoods(model: TarFlow, x: torch.Tensor, batch_size: int = 256
 def classify(model: TarFlow, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """p(y | x) (B, K) under a uniform class prior, by Bayes' rule."""
     return torch.softmax(class_log_likelihoods(model, x, batch_size), dim=1)
+
+
+@torch.no_grad()
+def noisy_bits_per_dim(model: TarFlow, x: torch.Tensor, y: torch.Tensor | None = None, seed: int = 0
+                       ) -> torch.Tensor:
+    """Bits/dim of images x in [-1, 1] with the model's training noise added (one fixed draw per
+    ``seed``): the density the model was trained on, as its card's held-out figure measures it.
+    An evaluation: no gradient is kept."""
+    return to_bits_per_dim(-log_prob(model, add_training_noise(model, x, seed), y), model.num_dims)
+
+
+def add_training_noise(model: TarFlow, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """x plus the model's training noise, drawn on the CPU from ``seed`` (the same on any device)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return x + model.noise_std * torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
+
+
+def nll_parts(model: TarFlow, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Where the bits go: bits/dim per image (B, 2 + num_blocks) split into the 8-bit bin width
+    (a constant), the prior term -log N(z) and each block's -log-determinant (the sum of its
+    log-scales; zero in VP mode). The parts sum to ``bits_per_dim(model, x, y)``."""
+    z, _, logscales = model.trace(x, y)
+    scale = 1.0 / (model.num_dims * math.log(2))
+    prior = _prior_terms(model, z).sum(dim=(1, 2)) * scale
+    parts = [torch.full_like(prior, DEQUANT_NATS / math.log(2)), prior]
+    for a in logscales:
+        parts.append(torch.zeros_like(prior) if a is None else at_least_fp32(a).sum(dim=(1, 2)) * scale)
+    return torch.stack(parts, dim=1)

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from app_models import make_tiny_models
+from app_models import make_tiny_datasets, make_tiny_models
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1"}
@@ -84,12 +84,16 @@ _shared: AppServer | None = None
 
 
 def shared_server() -> AppServer:
-    """The test process's server with tiny models (started on first use)."""
+    """The test process's server with tiny models (started on first use), fabricated datasets for
+    the out-of-distribution view (12 images per set) and a cache folder of its own."""
     global _shared
     if _shared is None or not _shared.alive():
         models_dir = Path(tempfile.mkdtemp(prefix="tarflow-app-models-"))
         make_tiny_models(models_dir)
-        _shared = start_app({"TARFLOW_MODELS_DIR": str(models_dir), "TARFLOW_FRAME_INTERVAL": "0"})
+        make_tiny_datasets(models_dir / "data")
+        _shared = start_app({"TARFLOW_MODELS_DIR": str(models_dir), "TARFLOW_FRAME_INTERVAL": "0",
+                             "TARFLOW_DATA_DIR": str(models_dir / "data"), "TARFLOW_CACHE": str(models_dir / "cache"),
+                             "TARFLOW_OOD_PER_SET": "12"})
         server = _shared
         atexit.register(lambda: (server.stop(), shutil.rmtree(models_dir, ignore_errors=True)))
     return _shared

@@ -116,3 +116,28 @@ def test_noise_bits_is_the_gaussian_entropy_in_8bit_bins():
     # std 0.1 on [-1, 1] is 12.8 bins of width 2/256
     assert noise_bits(0.1) == pytest.approx(0.5 * math.log2(2 * math.pi * math.e * 12.8**2))
     assert noise_bits(0.0) == 0.0
+
+
+@pytest.mark.parametrize("nvp", [True, False])
+def test_nll_parts_sum_to_the_total_exactly(nvp):
+    """Where the bits go: bin width + prior + each block's -log det = bits/dim, and each part is what
+    it says (prior from z, a block's part from its own log-scales)."""
+    from tarflow.likelihood import nll_parts
+
+    model = make_model(nvp=nvp, in_channels=3, num_blocks=3, num_classes=2, dtype=torch.float64)
+    x, y = images(model, n=4), torch.tensor([0, 1, -1, 1])
+    with torch.no_grad():
+        parts = nll_parts(model, x, y)
+        z, _, logscales = model.trace(x, y)
+        total = bits_per_dim(model, x, y)
+    assert parts.shape == (4, 2 + model.num_blocks)
+    torch.testing.assert_close(parts.sum(dim=1), total, rtol=0, atol=1e-12)
+    to_bits = 1 / (model.num_dims * math.log(2))
+    torch.testing.assert_close(parts[:, 0], torch.full((4,), 7.0, dtype=torch.float64))  # log2(128)
+    prior = -torch.distributions.Normal(0.0, model.var.sqrt()).log_prob(z).sum(dim=(1, 2)) * to_bits
+    torch.testing.assert_close(parts[:, 1], prior)
+    for k, a in enumerate(logscales):
+        want = torch.zeros(4, dtype=torch.float64) if a is None else a.sum(dim=(1, 2)) * to_bits
+        torch.testing.assert_close(parts[:, 2 + k], want)
+    if nvp:
+        assert (parts[:, 2:].abs() > 1e-6).all()  # no block is an identity here
