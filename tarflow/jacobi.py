@@ -62,13 +62,15 @@ class DecodeReport:
     in ``model.blocks``); blocks inverted token by token are listed in ``sequential``."""
 
     passes: dict[int, list[int]] = field(default_factory=dict)
+    work: dict[int, int] = field(default_factory=dict)  # token positions computed, all passes (sequential: T-1)
     sequential: list[int] = field(default_factory=list)
 
     def total(self, block: int) -> int:
         return sum(self.passes.get(block, []))
 
     def summary(self) -> str:
-        parts = [f"block {k}: {self.total(k)} passes ({len(v)} windows)" for k, v in sorted(self.passes.items())]
+        parts = [f"block {k}: {self.total(k)} passes ({len(v)} windows, {self.work.get(k, 0)} token positions)"
+                 for k, v in sorted(self.passes.items())]
         parts += [f"block {k}: sequential" for k in self.sequential]
         return "; ".join(parts)
 
@@ -147,22 +149,29 @@ class _BlockPasses:
         return z * torch.exp(at_least_fp32(a)).to(a.dtype) + out[..., D:]
 
 
-def jacobi_window(passes: _BlockPasses, seq: Tensor, p: int, q: int, settings: Jacobi) -> int:
+def jacobi_window(passes: _BlockPasses, seq: Tensor, p: int, q: int, settings: Jacobi) -> tuple[int, int]:
     """Compute tokens p+1 .. q of ``seq`` (T, B, D, block order) in place by Jacobi passes over
-    inputs p .. q-1; returns the number of passes."""
-    n = q - p
+    inputs p .. q-1; returns (passes, token positions computed over all passes).
+
+    The window shrinks from the left as it converges: the leading tokens whose last change was
+    within ``tol`` are final, and so are the keys and values computed from them, so the next pass
+    starts after them. The first token of a pass is exact (everything it reads is final), so
+    every pass fixes at least one token and a window of n tokens takes at most n passes.
+    """
     z = seq[p + 1 : q + 1].transpose(0, 1).clone()  # (B, n, D): the latents of the window's tokens
-    cap = n if settings.max_iters == 0 else min(settings.max_iters, n)
-    done = 0
-    while done < cap:
-        inputs = seq[p:q].transpose(0, 1)
-        new = passes.tokens(z, passes.outputs(inputs, p))
-        change = float((new - seq[p + 1 : q + 1].transpose(0, 1)).abs().max())
-        seq[p + 1 : q + 1] = new.transpose(0, 1)
-        done += 1
-        if change <= settings.tol or not change == change:  # converged, or NaN: more passes cannot help
+    cap = q - p if settings.max_iters == 0 else min(settings.max_iters, q - p)
+    done = work = 0
+    lo = p
+    while lo < q and done < cap:
+        new = passes.tokens(z[:, lo - p :], passes.outputs(seq[lo:q].transpose(0, 1), lo))
+        change = (new - seq[lo + 1 : q + 1].transpose(0, 1)).abs().amax(dim=(0, 2))  # per token
+        seq[lo + 1 : q + 1] = new.transpose(0, 1)
+        done, work = done + 1, work + (q - lo)
+        unsettled = ~(change <= settings.tol)  # NaN counts as unsettled
+        if not bool(unsettled.any()):
             break
-    return done
+        lo += max(1, int(unsettled.nonzero()[0, 0]))
+    return done, work
 
 
 class JacobiInverter:
@@ -204,4 +213,6 @@ class JacobiInverter:
             size = stop - start if self.settings.window == 0 else self.settings.window
             counts = self.report.passes.setdefault(key, [])
             for p in range(start, stop, size):
-                counts.append(jacobi_window(self.passes, seq, p, min(stop, p + size), self.settings))
+                done, work = jacobi_window(self.passes, seq, p, min(stop, p + size), self.settings)
+                counts.append(done)
+                self.report.work[key] = self.report.work.get(key, 0) + work
