@@ -37,6 +37,7 @@ JUDGE_RECIPES = {"mnist": {"epochs": 8}, "fashion-mnist": {"epochs": 16, "hflip"
 
 from tarflow.data import ImageData, load, split_name  # noqa: E402
 from tarflow.hub import load_model  # noqa: E402
+from tarflow.jacobi import Jacobi  # noqa: E402
 from tarflow.sampling import SampleSettings, sample  # noqa: E402
 
 
@@ -244,6 +245,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true", help="retrain the judge")
     p.add_argument("--judge-epochs", type=int, default=None, help="with --retrain (default: JUDGE_RECIPES)")
+    p.add_argument("--decode", default="sequential", choices=["sequential", "jacobi"])
+    p.add_argument("--jacobi-tol", type=float, default=1e-3)
+    p.add_argument("--jacobi-sequential-first", action="store_true")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     args = p.parse_args()
 
@@ -263,7 +267,8 @@ def main() -> None:
 
     t = time.time()
     s = SampleSettings(num=n, classes=classes or None, seed=args.seed, guidance=args.guidance,
-                       temperature=args.temperature, denoise=not args.no_denoise)
+                       temperature=args.temperature, denoise=not args.no_denoise, decode=args.decode,
+                       jacobi=Jacobi(args.jacobi_tol, sequential_first=args.jacobi_sequential_first))
     out = sample(model, s)
     secs = time.time() - t
     gen = out.images.clamp(-1, 1)
@@ -279,13 +284,16 @@ def main() -> None:
     g_used = s.guidance_for(model)
     print(f"model {args.model} on {dataset}: {n} samples at guidance {g_used.scale}, "
           f"prior temperature {s.temperature_for(model):g}, "
-          f"denoise {not args.no_denoise}, drawn in {secs:.1f}s; judged against {len(xt)} held-out images")
+          f"denoise {not args.no_denoise}, decode {args.decode}"
+          f"{f' (tol {args.jacobi_tol:g})' if args.decode == 'jacobi' else ''}, drawn in {secs:.1f}s; "
+          f"judged against {len(xt)} held-out images")
     print(f"{'':22s} {'class-consistent':>16s} {'Frechet distance':>17s}")
     for name, (acc, fd) in rows.items():
         print(f"{name:22s} {acc:16.1%} {fd:17.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"model": args.model, "dataset": dataset, "guidance": g_used.scale, "denoise": not args.no_denoise,
+             "decode": args.decode, "jacobi_tol": args.jacobi_tol if args.decode == "jacobi" else None,
              "samples": n, **{k: {"class_consistent": a, "frechet": f} for k, (a, f) in rows.items()}}, indent=2))
 
 
