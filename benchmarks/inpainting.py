@@ -4,8 +4,9 @@
 
 The bottom half (or another preset mask) of held-out images is erased and refilled, conditioned on
 the true class, by: two baselines (the class's mean training image; uniform noise), annealed
-Langevin on log p(x | y) from noise, the best of 8 model samples picked by the exact likelihood of
-the composite, and that best sample refined by Langevin (what the app does). For each: the share
+Langevin on log p(x | y) from noise, one model sample of the class pasted in, the best of 8 model
+samples picked by the exact likelihood of the composite, and that best sample refined by Langevin
+(what the app does). For each: the share
 the judge of benchmarks/quality.py assigns to the true class, the mean squared error against the
 erased truth (pixels in [0, 1], erased pixels only) and the composite's bits/dim. Then repair:
 PSNR against the clean image before and after climbing from noised and from blurred copies.
@@ -83,6 +84,10 @@ def main() -> None:
     t = time.time()
     out = inpaint.climb_to_end(model, x, erased, y, inpaint.FROM_NOISE)
     report(f"annealed Langevin from noise, {inpaint.FROM_NOISE.steps} steps", out, x, erased, y, judge, model,
+           time.time() - t)
+    t = time.time()
+    one = inpaint.best_of_samples(model, x, erased, y, 1, seed=1)
+    report("one sample of the class, pasted in", torch.where(erased, one, x), x, erased, y, judge, model,
            time.time() - t)
     t = time.time()
     best = inpaint.best_of_samples(model, x, erased, y, args.candidates)

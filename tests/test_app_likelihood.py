@@ -171,9 +171,17 @@ def test_bad_settings_get_one_clear_sentence(env, grey, call, message):
 
 
 def test_work_per_request_is_bounded(env, grey, monkeypatch):
-    monkeypatch.setattr(likelihood, "REQUEST_FLOPS", 1e3)
-    with pytest.raises(gr.Error, match="more than one request may use here"):
-        list(likelihood.refill("tiny-cond", grey[0], None, "bottom", None, "samples", 5, 0, progress=noop))
+    # 16 tokens x ~18k parameters: 3 passes per step, 16 for the 8 samples
+    per_pass = 16 * sum(p.numel() for p in likelihood.checks.load_model("tiny-cond").parameters())
+    monkeypatch.setenv("TARFLOW_MAX_WORK", str(per_pass * (16 + 3 * 10)))
+    with pytest.raises(gr.Error, match=r"Inpainting is limited to 10 steps with this model .* \(asked for 11\)"):
+        list(likelihood.refill("tiny-cond", grey[0], None, "bottom", None, "samples", 11, 0, progress=noop))
+    assert last(likelihood.refill("tiny-cond", grey[0], None, "bottom", None, "samples", 10, 0, progress=noop))
+    monkeypatch.setenv("TARFLOW_MAX_WORK", "10")
+    with pytest.raises(gr.Error, match="too large for repair"):
+        list(likelihood.repair("tiny-cond", grey[0], "noise", 0.5, None, 1, 0, progress=noop))
+    with pytest.raises(gr.Error, match="Scoring 90 images is more than this server allows"):
+        likelihood.ood_view("tiny-rgb", None, progress=noop)  # never computed for this model
 
 
 def test_editor_background_and_a_drawn_sample(env, grey):

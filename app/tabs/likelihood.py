@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from app import checks, oodcache, render
+from app import checks, limits, oodcache, render
 from app import likelihood_plots as plots
 from app.inputs import MAX_PIXELS, to_model
-from app.models import resolve
+from app.models import pick_device, resolve
 from app.storage import new_folder
 from tarflow import inpaint
 from tarflow.likelihood import add_training_noise, nll_map, nll_parts, noisy_bits_per_dim, to_bits_per_dim
@@ -33,8 +33,9 @@ DEFAULT_STEPS = inpaint.Climb().steps
 CANDIDATES = 8
 CANVAS = 336  # px: the mask editor's canvas; any square mask is scaled to the model's size
 PAINTED = 0.3  # share of a model pixel that must be painted for it to count as erased
-# Work one request may ask for, in forward-pass FLOPs (~1-2 min of 2 CPU cores); 100x on a GPU.
-REQUEST_FLOPS, TABLE_FLOPS = 1e12, 1e13
+# Forward-pass equivalents: a Langevin step is a forward and a backward pass (about 3), each of the
+# CANDIDATES samples about 2 (its sequential inverse and its score).
+STEP_PASSES, SAMPLE_PASSES = 3, 2
 MASK_CHOICES = [("Bottom half", "bottom"), ("Top half", "top"), ("Left half", "left"), ("Right half", "right"),
                 ("Centre", "centre"), ("Random patches", "patches"), ("What you painted", "painted")]
 STARTS = [("Best of 8 model samples", "samples"), ("Uniform noise (the score alone)", "noise")]
@@ -48,18 +49,18 @@ GROUPS = [("Other datasets and the model's own samples", ["mnist", "fashion-mnis
 # ---------------------------------------------------------------------------------------------- shared
 
 
-def _flops(model: TarFlow) -> float:
-    """Forward-pass FLOPs for one image: two per parameter per token."""
-    return 2.0 * sum(p.numel() for p in model.parameters()) * model.num_tokens
-
-
-def _afford(model: TarFlow, forwards: float, budget: float, what: str) -> None:
-    """Refuse a request that would take minutes: ``forwards`` image forward passes at most ``budget``."""
-    scale = 100.0 if next(model.parameters()).device.type == "cuda" else 1.0
-    if forwards * _flops(model) > budget * scale:
-        raise gr.Error(f"{what} needs about {forwards * _flops(model) / 1e12:.0f} TFLOP on this "
-                       f"{'GPU' if scale > 1 else 'CPU'}, more than one request may use here; "
-                       "try fewer steps or a smaller model.")
+def _steps_job(model: TarFlow, steps: int, extra: float, what: str) -> limits.Job:
+    """The request's work (``steps`` Langevin steps plus ``extra`` passes) checked against this
+    server's cap (public servers), with a message in steps; the job's deadline stops the climb."""
+    job = limits.Job(model, 1, STEP_PASSES * steps + extra, pick_device().type, what)
+    if job.cap is not None and job.cost > job.cap:
+        per_pass = job.tokens * job.params
+        most = int((job.cap / per_pass - extra) // STEP_PASSES)
+        if most < 1:
+            raise limits.WorkLimit(f"This model is too large for {what.lower()} on this server's {job.device}.")
+        raise limits.WorkLimit(f"{what} is limited to {min(most, MAX_STEPS)} steps with this model on this "
+                               f"server's {job.device} (asked for {steps}).")
+    return job.check()
 
 
 def _label(model: TarFlow, value: Any) -> int | None:
@@ -106,7 +107,11 @@ def _ood_table(model: TarFlow, model_key: str, progress: gr.Progress | None) -> 
     found = oodcache.cached(model, folder)
     if found is not None:
         return found
-    _afford(model, (len(oodcache.DATASETS) + 6) * oodcache.PER_SET, TABLE_FLOPS, "Scoring every set")
+    images = (len(oodcache.DATASETS) + 6) * oodcache.PER_SET
+    job = limits.Job(model, images, 1, pick_device().type, "The out-of-distribution view")
+    if job.cap is not None and job.cost > job.cap:
+        raise limits.WorkLimit(f"Scoring {images} images is more than this server allows per request for this "
+                               "model; the view is offered for models whose numbers were computed beforehand.")
 
     def report(frac: float, desc: str) -> None:
         if progress is not None:
@@ -295,7 +300,7 @@ def refill(model_key: str, image: str | None, editor: Any = None, mask: str = "b
     label = _label(model, condition)
     arr, x = _pixels(model, image)
     erased = _mask(model, mask, editor, seed)
-    _afford(model, 3 * steps + (CANDIDATES * 2 if start == "samples" else 0), REQUEST_FLOPS, "This refill")
+    job = _steps_job(model, steps, SAMPLE_PASSES * CANDIDATES if start == "samples" else 0, "Inpainting")
     free = torch.from_numpy(erased).to(x.device)[None, None]
     y = _y(model, label)
     scale = _scale(model)
@@ -309,7 +314,7 @@ def refill(model_key: str, image: str | None, editor: Any = None, mask: str = "b
         f = inpaint.FROM_NOISE
         climb = inpaint.Climb(steps=steps, start=f.start, end=f.end, temperature=f.temperature, seed=seed)
     before = float(noisy_bits_per_dim(model, x, y)[0])
-    yield from _stream(model, arr, x, free, erased, y, climb, begin, panels, before, "refilled", label)
+    yield from _stream(model, arr, x, free, erased, y, climb, begin, panels, before, "refilled", label, job)
 
 
 def repair(model_key: str, image: str | None, damage: str = "noise", strength: float = 0.4,
@@ -324,7 +329,7 @@ def repair(model_key: str, image: str | None, damage: str = "noise", strength: f
     strength = checks.number(strength, "Strength", 0, MAX_STRENGTH[damage])
     label = _label(model, condition)
     arr, x = _pixels(model, image)
-    _afford(model, 3 * steps, REQUEST_FLOPS, "This repair")
+    job = _steps_job(model, steps, 0, "Repair")
     damaged = inpaint.corrupt(x, damage, strength, seed)
     y = _y(model, label)
     everything = np.ones((model.img_size, model.img_size), dtype=bool)
@@ -337,19 +342,20 @@ def repair(model_key: str, image: str | None, damage: str = "noise", strength: f
     climb = inpaint.Climb(steps=steps, start=r.start, end=r.end, temperature=r.temperature, seed=seed)
     before = float(noisy_bits_per_dim(model, damaged, y)[0])
     yield from _stream(model, shown, damaged, free, everything, y, climb, damaged, panels, before, "repaired",
-                       label)
+                       label, job)
 
 
 def _stream(model: TarFlow, arr: np.ndarray, x: torch.Tensor, free: torch.Tensor, region: np.ndarray,
             y: torch.Tensor | None, climb: inpaint.Climb, begin: torch.Tensor | None,
-            panels: list[tuple[str, np.ndarray]], before: float, verb: str, label: int | None
-            ) -> Iterator[tuple[Any, str, Any]]:
+            panels: list[tuple[str, np.ndarray]], before: float, verb: str, label: int | None,
+            job: limits.Job) -> Iterator[tuple[Any, str, Any]]:
     """Run the climb, yielding the figure, a status line and (at the end) the result as a PNG, about
     every twentieth of the way."""
     scale = _scale(model)
     given = "no label" if label is None else f"class {model.class_names[label]}"
     every = max(1, climb.steps // 20)
-    for step in inpaint.climb_stream(model, x, free, y, climb, start=begin, every=every):
+    # The job's deadline (public servers) ends the climb between steps, with a message that says so.
+    for step in limits.watch(inpaint.climb_stream(model, x, free, y, climb, start=begin, every=every), job):
         out = to_uint8(step.estimate)[0].numpy()
         # Kept pixels come straight from the input array: the model never rewrites them.
         out = np.where(region[..., None], out, arr)
@@ -376,7 +382,7 @@ def _stream(model: TarFlow, arr: np.ndarray, x: torch.Tensor, free: torch.Tensor
 def draw_sample(model_key: str, condition: str = checks.NO_LABEL, seed: Any = 0) -> str:
     """One sample of the model (of the chosen class) as a PNG, for the tab's image input."""
     model = checks.load_model(model_key)
-    _afford(model, 2, REQUEST_FLOPS, "Drawing a sample")
+    limits.sampling_job(model, 1, pick_device().type, "Drawing a sample").check()
     label = _label(model, condition)
     drawn = sample(model, SampleSettings(num=1, classes=None if label is None else [label], seed=_seed(seed)))
     path = new_folder("likelihood") / "sample.png"
