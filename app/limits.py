@@ -201,6 +201,36 @@ def watch(items: Iterable[T], job: Job) -> Iterator[T]:
                             "Try fewer images or a smaller model.")
 
 
+# Running jobs by the session that started them, so that a Stop button (a request of its own)
+# reaches the job of its page: Job.cancel is the one way work is stopped early.
+_running_lock = threading.Lock()
+_running: dict[str, Job] = {}
+
+
+def track(job: Job, session: str | None) -> None:
+    """Make ``job`` the one a Stop from ``session`` cancels (no session: nothing to track)."""
+    if session:
+        with _running_lock:
+            _running[session] = job
+
+
+def untrack(job: Job, session: str | None) -> None:
+    if session:
+        with _running_lock:
+            if _running.get(session) is job:
+                del _running[session]
+
+
+def stop(session: str | None) -> bool:
+    """Cancel the job running for ``session``; False when there is none."""
+    with _running_lock:
+        job = _running.get(session or "")
+    if job is None:
+        return False
+    job.cancel()
+    return True
+
+
 def cap_note(most: int, device: str, ceiling: int) -> str | None:
     """A sentence for the UI stating the cap, or None when the model is not limited by it."""
     if most >= ceiling:

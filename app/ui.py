@@ -209,6 +209,10 @@ def build_demo() -> gr.Blocks:
                             seed = gr.Number(0, label="Seed", precision=None, step=1, scale=3)
                             dice = gr.Button("Random", scale=1, min_width=70, size="sm")
                         run = gr.Button("Generate", variant="primary", elem_id="tf-generate")
+                        with gr.Row(equal_height=True):
+                            stop_btn = gr.Button("Stop", variant="stop", size="sm", scale=0, min_width=70,
+                                                 elem_id="tf-stop")
+                            eta = gr.Markdown("", elem_classes="tf-note", elem_id="tf-estimate")
                         guidance = gr.Slider(0, generate.MAX_GUIDANCE, value=s["guidance"], step=0.1,
                                              label="Guidance scale w", elem_id="tf-guidance",
                                              info="0 = plain sampling; 1-4 typical; too high overflows")
@@ -470,6 +474,14 @@ def build_demo() -> gr.Blocks:
                                api_visibility="private", queue=False).then(
             _run(generate.generate, "/generate", gpu=True), gen_inputs, gen_outputs, api_name="generate",
             show_progress_on=status, **heavy)
+        # Stop cancels this page's running job (limits.Job.cancel); the stream ends within about a second
+        stop_btn.click(_run(generate.stop, "stop"), None, None, api_visibility="private", **light)
+        # the time a Generate should take here, from a token step measured once per model and batch size
+        for control in (num, guidance):
+            control.release(_run(generate.estimate_note, "estimate"), [model, num, guidance], eta,
+                            api_visibility="private", **light)
+        picked.success(_run(generate.estimate_note, "estimate"), [model, num, guidance], eta,
+                       api_visibility="private", **light)
         # A new model: a run of the old one is stopped and every result of it cleared.
         picked.success(_run(picker.picked, "picked"), model, [working, inv_examples, pair_examples],
                        api_visibility="private", **loads).then(

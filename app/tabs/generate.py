@@ -15,7 +15,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from app import captions, checks, limits, render
+from app import captions, checks, estimate, limits, render
 from app.inputs import to_model
 from app.models import model_folder, pick_device
 from app.runs import RUNS, FrameInfo, Run
@@ -83,17 +83,20 @@ def _warn_if_guidance_idle(guidance: float, kind: str, attn: float, labels: list
 def generate(model_key: str, classes: list[str] | None, num: int, seed: int, guidance: float, kind: str,
              attn_temp: float, annealed: bool, guide_what: str, temperature: float, denoise: bool, sigma: float,
              slow: bool = False, rows_by_class: bool = True,
-             progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[tuple]:
+             progress: gr.Progress = gr.Progress(track_tqdm=True),
+             request: gr.Request | None = None) -> Iterator[tuple]:
     """Sample, streaming the batch as the flow inverts (every few tokens and at each block's end).
 
     Yields 13 outputs: (samples grid, status, raw grid, latent strip, heatmap, heatmap caption,
     grid download, run id, inspect slider, frame slider, frame picture, frame caption, image
     download); streaming updates change only the first two. A failed run ends with every output
-    cleared and the reason in the status line (then the error itself).
+    cleared and the reason in the status line (then the error itself). The Stop button of the
+    same page (``stop``) ends the run within about estimate.STOP_WITHIN seconds.
     """
     try:
         yield from _generate(model_key, classes, num, seed, guidance, kind, attn_temp, annealed, guide_what,
-                             temperature, denoise, sigma, slow, rows_by_class, progress)
+                             temperature, denoise, sigma, slow, rows_by_class, progress,
+                             getattr(request, "session_hash", None))
     except gr.Error as e:
         yield (None, f"**Failed** · {e.message}", *_cleared())
         raise
@@ -108,7 +111,7 @@ def _cleared() -> tuple:
 
 def _generate(model_key: str, classes: Any, num: Any, seed: Any, guidance: Any, kind: Any, attn_temp: Any,
               annealed: Any, guide_what: Any, temperature: Any, denoise: Any, sigma: Any, slow: Any,
-              rows_by_class: Any, progress: gr.Progress) -> Iterator[tuple]:
+              rows_by_class: Any, progress: gr.Progress, session: str | None = None) -> Iterator[tuple]:
     started = time.perf_counter()
     model = checks.load_model(model_key, progress)
     settings = _settings(model, classes, num, seed, guidance, kind, attn_temp, annealed, guide_what,
@@ -121,8 +124,15 @@ def _generate(model_key: str, classes: Any, num: Any, seed: Any, guidance: Any, 
               scale=render.display_scale(layout.cols * (model.img_size + 2) + 2), layout=layout,
               margin=render.label_margin(layout), num_blocks=model.num_blocks)
     job = limits.sampling_job(model, settings.num, pick_device().type, "Generate").check()
-    samples = yield from _stream(model, settings, run, SLOW_INTERVAL if slow else FRAME_INTERVAL, started,
-                                 progress, job)
+    short = estimate.memory_problem(model, settings.num, settings.guidance_for(model).active)
+    if short:
+        raise limits.WorkLimit(short)
+    limits.track(job, session)
+    try:
+        samples = yield from _stream(model, settings, run, SLOW_INTERVAL if slow else FRAME_INTERVAL, started,
+                                     progress, job)
+    finally:
+        limits.untrack(job, session)
     if samples is None:
         return  # stopped: the last frame and the reason are on the page
     run.images, run.raw = samples.images, samples.raw
@@ -143,22 +153,30 @@ def _stream(model: TarFlow, settings: SampleSettings, run: Run, interval: float,
     """Record frames into ``run`` and yield (grid, status) every few tokens and at each block's end,
     paced by ``interval`` seconds; return the samples, or None when the job was stopped (after
     yielding the unfinished grid and the reason)."""
-    every = record_every(model, settings.num)
+    recorded = record_every(model, settings.num)
+    # The sampler hands back control every `every` tokens: often enough to answer Stop (and the
+    # deadline) within about STOP_WITHIN s whatever the model's size, and to record frames.
+    every = min(recorded, estimate.stop_every(model, settings.num, settings.guidance_for(model).active))
     shown_every = max(1, math.ceil(model.num_tokens / FRAMES_PER_BLOCK))
     cap = max(MAX_FRAMES, model.num_blocks + 1)
-    last, last_bucket, first = 0.0, None, True
+    last, last_bucket, last_recorded, first = 0.0, None, None, True
     try:
         for item in sample_stream(model, settings, every=every):
             if isinstance(item, Samples):
                 return item
+            record, bucket = (item.stage, item.tokens // recorded), (item.stage, item.tokens // shown_every)
+            keep = item.block_done or record != last_recorded
+            show = job.stopped or item.block_done or bucket != last_bucket
+            last_recorded = record
+            if item.stage > 0:
+                progress(_done_share(item, model), desc=_time_left(item, model, time.perf_counter() - started))
+            if not (keep or show):
+                continue
             frame = to_uint8(item.latent).numpy()
-            if item.block_done or len(run.frames) < cap - model.num_blocks:
+            if keep and (item.block_done or len(run.frames) < cap - model.num_blocks):
                 run.frames.append(frame)
                 run.frame_info.append(FrameInfo(item.stage, item.tokens, item.num_tokens))
-            if item.block_done:
-                progress(item.stage / model.num_blocks, desc=f"{item.stage}/{model.num_blocks} blocks inverted")
-            bucket = (item.stage, item.tokens // shown_every)
-            if not item.block_done and bucket == last_bucket:
+            if not show:
                 continue
             last_bucket = bucket
             wait = interval - (time.perf_counter() - last)
@@ -181,6 +199,42 @@ def _stream(model: TarFlow, settings: SampleSettings, run: Run, interval: float,
     except ValueError as e:
         raise gr.Error(checks.sentence(str(e))) from None
     raise RuntimeError("the sampler stopped without returning its samples")
+
+
+def _done_share(item: Any, model: TarFlow) -> float:
+    """Share of the token steps of a sample done at this frame."""
+    return ((item.stage - 1) * item.num_tokens + item.tokens) / (model.num_blocks * item.num_tokens)
+
+
+def _time_left(item: Any, model: TarFlow, elapsed: float) -> str:
+    share = _done_share(item, model)
+    left = elapsed * (1 - share) / max(share, 1e-9)
+    return f"block {item.stage}/{model.num_blocks} · {estimate.duration(left)} left"
+
+
+def estimate_note(model_key: str, num: Any, guidance: Any = 1.0) -> str:
+    """The time a Generate of ``num`` images should take on this device, from a measured token step
+    (measured on first use per model, device and batch size)."""
+    try:
+        model = checks.load_model(model_key)
+        n = checks.number(num, "Number of images", 1, MAX_IMAGES, integer=True)
+    except gr.Error:
+        return ""
+    guided = float(guidance or 0) > 0
+    seconds = estimate.sample_seconds(model, n, guided)
+    device = next(model.parameters()).device.type.upper()
+    note = (f"Estimated on this {device}: {estimate.duration(seconds)} for {n} image{'s' if n != 1 else ''} "
+            f"({estimate.step_seconds(model, n, guided) * 1e3:.1f} ms per token step, "
+            f"{model.num_blocks} x {model.num_tokens - 1} steps)")
+    short = estimate.memory_problem(model, n, guided)
+    return note + (f" · {short}" if short else "")
+
+
+def stop(request: gr.Request | None = None) -> str:
+    """The Stop button: cancel this page's running Generate (it stops within about a second)."""
+    if limits.stop(getattr(request, "session_hash", None)):
+        return "Stopping…"
+    return "Nothing is running."
 
 
 def _warn_if_off(model: TarFlow, run: Run, settings: SampleSettings) -> None:

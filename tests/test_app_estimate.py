@@ -1,0 +1,87 @@
+"""The app's time estimate, memory check and Stop button (app/estimate.py, limits.track/stop)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+from app_models import make_tiny_models
+from helpers import make_model
+
+from app import estimate, limits, models
+from app.tabs import generate
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    make_tiny_models(tmp_path / "models")
+    monkeypatch.setenv("TARFLOW_MODELS_DIR", str(tmp_path / "models"))
+    return tmp_path / "models"
+
+
+def noop(*args, **kwargs):
+    return None
+
+
+def test_step_time_is_measured_once_and_scales_to_a_sample():
+    model = make_model(num_classes=3)
+    first = estimate.step_seconds(model, 4)
+    assert 0 < first < 1
+    assert estimate.step_seconds(model, 4) == first  # cached per model, device, dtype and batch
+    assert estimate.sample_seconds(model, 4) == pytest.approx(first * model.num_blocks * (model.num_tokens - 1))
+    assert estimate.stop_every(model, 4) >= 1
+
+
+def test_stop_every_follows_the_step_cost(monkeypatch):
+    model = make_model(num_classes=3)
+    monkeypatch.setattr(estimate, "step_seconds", lambda *a, **k: 0.2)
+    assert estimate.stop_every(model, 1) == 2  # 0.5 s / 0.2 s per step
+    monkeypatch.setattr(estimate, "step_seconds", lambda *a, **k: 3.0)
+    assert estimate.stop_every(model, 1) == 1
+
+
+def test_memory_check_names_the_shortfall(monkeypatch):
+    model = make_model(num_classes=3)
+    assert estimate.memory_problem(model, 4) is None
+    monkeypatch.setattr(estimate, "available_bytes", lambda: 10_000)
+    message = estimate.memory_problem(model, 64)
+    assert message is not None and "64 images need" in message and "fewer images" in message
+    assert estimate.duration(0.3) == "under a second" and estimate.duration(200) == "about 3 min"
+
+
+def test_estimate_note_for_a_listed_model(tiny):
+    note = generate.estimate_note("tiny-cond", 6, 1.0)
+    assert note.startswith("Estimated on this CPU:") and "6 images" in note and "2 x 15 steps" in note
+    assert generate.estimate_note("no-such-model", 6) == ""
+
+
+def test_stop_button_ends_the_running_generate(tiny, monkeypatch):
+    """Stop from the same session cancels the job: the stream's next update says so and it ends."""
+    monkeypatch.setattr(estimate, "STOP_WITHIN", 1e-6)  # hand back control after every token
+    monkeypatch.setattr(generate, "FRAME_INTERVAL", 0.0)
+    request = SimpleNamespace(session_hash="page-1")
+    args = dict(model_key="tiny-cond", classes=["star"], num=2, seed=0, guidance=1.0, kind="class", attn_temp=1.0,
+                annealed=False, guide_what="ab", temperature=1.0, denoise=True, sigma=0.1, slow=False)
+    stream = generate.generate(**args, progress=noop, request=request)
+    next(stream)
+    next(stream)
+    assert generate.stop(SimpleNamespace(session_hash="other page")) == "Nothing is running."
+    assert generate.stop(request) == "Stopping…"
+    start = time.perf_counter()
+    rest = list(stream)
+    assert time.perf_counter() - start < 1.0
+    assert rest and "**Stopped** · stopped on request" in rest[-1][1]
+    assert generate.stop(request) == "Nothing is running."  # untracked once it ended
+    models.MODELS.get("tiny-cond")  # the model stays usable
+
+
+def test_track_and_stop_are_per_session():
+    model = make_model()
+    a, b = limits.Job(model, 1, 1, "cpu"), limits.Job(model, 1, 1, "cpu")
+    limits.track(a, "s-a")
+    limits.track(b, "s-b")
+    assert limits.stop("s-a") and a.stopped and not b.stopped
+    limits.untrack(a, "s-a")
+    limits.untrack(b, "s-b")
+    assert not limits.stop("s-a") and not limits.stop(None)
