@@ -232,6 +232,10 @@ def build_demo() -> gr.Blocks:
                         sigma = gr.Slider(0, 0.5, value=s["sigma"], step=0.01, label="Noise level σ for denoising",
                                           info="the model's training noise is the right value")
                         by_class = gr.Checkbox(True, label="One row per class, named on the grid")
+                        with gr.Accordion("Advanced", open=False):
+                            decode = SafeRadio(generate.DECODE_CHOICES, value="sequential", label="Decoding",
+                                               info="Jacobi guesses whole blocks and refines them; slower on a "
+                                                    "CPU, for comparison")
                     with gr.Column(scale=2, min_width=320):
                         status = gr.Markdown("Press **Generate** to watch noise become images, block by block.",
                                              elem_classes="tf-status", elem_id="tf-status")
@@ -469,7 +473,7 @@ def build_demo() -> gr.Blocks:
         dice.click(None, None, seed, js="() => Math.floor(Math.random() * 1000000)")
 
         gen_inputs = [model, classes, num, seed, guidance, kind, attn_temp, annealed, guide_what, temperature, denoise,
-                      sigma, slow, by_class]
+                      sigma, slow, by_class, decode]
         generating = run.click(lambda: gr.update(visible=False, value=None), None, anim_file,
                                api_visibility="private", queue=False).then(
             _run(generate.generate, "/generate", gpu=True), gen_inputs, gen_outputs, api_name="generate",

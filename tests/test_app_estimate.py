@@ -85,3 +85,14 @@ def test_track_and_stop_are_per_session():
     limits.untrack(a, "s-a")
     limits.untrack(b, "s-b")
     assert not limits.stop("s-a") and not limits.stop(None)
+
+
+def test_generate_with_jacobi_decoding_matches_sequential(tiny):
+    args = dict(model_key="tiny-cond", classes=["star"], num=2, seed=0, guidance=1.0, kind="class", attn_temp=1.0,
+                annealed=False, guide_what="ab", temperature=1.0, denoise=False, sigma=0.1, slow=False)
+    seq = list(generate.generate(**args, progress=noop))[-1]
+    jac = list(generate.generate(**args, decode="jacobi", progress=noop))[-1]
+    seq_run, jac_run = generate.RUNS.get(seq[7]), generate.RUNS.get(jac[7])
+    assert float((seq_run.images - jac_run.images).abs().max()) < 0.02
+    with pytest.raises(Exception, match="Decoding must be one of"):
+        list(generate.generate(**args, decode="parallel", progress=noop))

@@ -3,6 +3,7 @@ for the step-through player and the animation, then inspect one image."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -22,6 +23,7 @@ from app.runs import RUNS, FrameInfo, Run
 from app.tabs.replay import frame_view
 from tarflow.heldout import HeldOutRange, image_bits_per_dim
 from tarflow.images import save_png
+from tarflow.jacobi import Jacobi
 from tarflow.likelihood import nll_map
 from tarflow.model import TarFlow
 from tarflow.sampling import Samples, SampleSettings, resolve_labels, sample_stream, to_uint8
@@ -44,6 +46,11 @@ SATURATED, SATURATED_SHARE = 1.5, 0.005
 IMAGE_PX = 256  # single-image downloads are enlarged to about this size
 
 KIND_CLASS, KIND_ATTN = "class", "attention"
+# Jacobi decoding (tarflow/jacobi.py) at the tolerance measured to leave the judge's numbers unchanged
+# on the bundled models; it is slower than sequential decoding on a CPU (benchmarks/jacobi.py).
+DECODE_CHOICES = [("Sequential: one token per step", "sequential"),
+                  ("Jacobi: whole blocks per pass, until they settle", "jacobi")]
+JACOBI = Jacobi(tol=1e-3, sequential_first=True)
 GUIDANCE_KINDS = [("Class: label vs. no label", KIND_CLASS), ("Attention temperature", KIND_ATTN)]
 GUIDE_WHAT = [("scale a and shift b", "ab"), ("log-scale a only", "a"), ("shift b only", "b")]
 NUM_OUTPUTS = 13
@@ -82,7 +89,7 @@ def _warn_if_guidance_idle(guidance: float, kind: str, attn: float, labels: list
 
 def generate(model_key: str, classes: list[str] | None, num: int, seed: int, guidance: float, kind: str,
              attn_temp: float, annealed: bool, guide_what: str, temperature: float, denoise: bool, sigma: float,
-             slow: bool = False, rows_by_class: bool = True,
+             slow: bool = False, rows_by_class: bool = True, decode: str = "sequential",
              progress: gr.Progress = gr.Progress(track_tqdm=True),
              request: gr.Request | None = None) -> Iterator[tuple]:
     """Sample, streaming the batch as the flow inverts (every few tokens and at each block's end).
@@ -96,7 +103,7 @@ def generate(model_key: str, classes: list[str] | None, num: int, seed: int, gui
     try:
         yield from _generate(model_key, classes, num, seed, guidance, kind, attn_temp, annealed, guide_what,
                              temperature, denoise, sigma, slow, rows_by_class, progress,
-                             getattr(request, "session_hash", None))
+                             getattr(request, "session_hash", None), decode)
     except gr.Error as e:
         yield (None, f"**Failed** · {e.message}", *_cleared())
         raise
@@ -111,11 +118,15 @@ def _cleared() -> tuple:
 
 def _generate(model_key: str, classes: Any, num: Any, seed: Any, guidance: Any, kind: Any, attn_temp: Any,
               annealed: Any, guide_what: Any, temperature: Any, denoise: Any, sigma: Any, slow: Any,
-              rows_by_class: Any, progress: gr.Progress, session: str | None = None) -> Iterator[tuple]:
+              rows_by_class: Any, progress: gr.Progress, session: str | None = None,
+              decode: Any = "sequential") -> Iterator[tuple]:
     started = time.perf_counter()
     model = checks.load_model(model_key, progress)
     settings = _settings(model, classes, num, seed, guidance, kind, attn_temp, annealed, guide_what,
                          temperature, denoise, sigma)
+    decode = checks.choice(decode or "sequential", "Decoding", DECODE_CHOICES)
+    if decode == "jacobi":
+        settings = dataclasses.replace(settings, decode="jacobi", jacobi=JACOBI)
     labels = resolve_labels(model, settings.classes, settings.num).tolist()
     layout = (render.class_layout(labels, list(model.class_names)) if rows_by_class
               else render.plain_layout(settings.num))
@@ -136,6 +147,8 @@ def _generate(model_key: str, classes: Any, num: Any, seed: Any, guidance: Any, 
     if samples is None:
         return  # stopped: the last frame and the reason are on the page
     run.images, run.raw = samples.images, samples.raw
+    if samples.decode is not None:
+        gr.Info(f"Jacobi decoding, passes per block: {samples.decode.summary()}")
     _warn_if_off(model, run, settings)
     progress(1.0, desc="denoising and drawing")
     yield _results(model, settings, run, kind == KIND_CLASS, started)
