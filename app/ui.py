@@ -2,7 +2,8 @@
 
 Public API endpoints (``gradio_client`` names): ``/model_info``, ``/generate`` (streams),
 ``/inspect``, ``/frame``, ``/animation``, ``/compare`` (streams), ``/invert``, ``/interpolate``,
-``/ood``, ``/bits``, ``/inpaint`` and ``/repair`` (both stream).
+``/ood``, ``/bits``, ``/inpaint`` and ``/repair`` (both stream), and the Train tab's (see
+``app/train_ui.py``).
 Helpers the page needs but the API does not (grid clicks, the sketchpad, invert-on-upload, the
 player's play / pause / step buttons, sending an image to another tab) are private.
 """
@@ -16,7 +17,7 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from app import checks, picker, storage
+from app import checks, picker, storage, train_ui
 from app.components import SafeEditor, SafeImage, SafeRadio, SafeSketchpad
 from app.gpu import on_gpu
 from app.limits import guard, max_upload_bytes, public
@@ -441,6 +442,9 @@ def build_demo() -> gr.Blocks:
                                                   buttons=["download"])
                                 lk_bits_md = gr.Markdown(elem_classes="tf-note", elem_id="tf-bits-md")
 
+            # ---------------------------------------------------------------- Train
+            train_ui.build(demo)  # layout and events in app/train_ui.py
+
             # ---------------------------------------------------------------- Learn
             with gr.Tab("Learn", id="learn"):
                 with gr.Row():
@@ -575,7 +579,7 @@ def launch_kwargs() -> dict[str, Any]:
     GRADIO_SERVER_PORT, which Gradio reads itself when these are left unset."""
     return {
         "theme": theme(),
-        "css": CSS,
+        "css": CSS + train_ui.CSS,
         "show_error": True,  # our gr.Error messages are written for users
         "max_file_size": max_upload_bytes(),
         "allowed_paths": [str(ASSETS)],

@@ -32,6 +32,9 @@ def _initial_weights(make: type | object, seed: int, *args: object, **kwargs: ob
 
 
 def optimizer_step(model: SequenceFlow, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float) -> None:
+    """Backward and one step; a non-finite loss raises FloatingPointError before any weight moves."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError("the loss is no longer finite: training diverged; lower the learning rate")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -46,7 +49,7 @@ class PointSettings:
     blocks: int = 6
     layers: int = 1
     width: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-3
     batch: int = 256
     seed: int = 0
     train_points: int = 4000
@@ -74,7 +77,7 @@ class PointTrainer:
             raise ValueError(f"expected {s.train_points + s.heldout_points} points, got {tuple(points.shape)}")
         self.train, self.heldout = points[: s.train_points], points[s.train_points :]
         self.model = _initial_weights(PointFlow, s.seed, s.width, s.blocks, s.layers)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=s.lr)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=s.lr, fused=True)
         self.step_count = 0
         self.gaussian_nll = gaussian_nll(self.train, self.heldout)
 
@@ -164,7 +167,11 @@ def heldout_bits(model: TarFlow, images: torch.Tensor, labels: torch.Tensor, noi
     return float(to_bits_per_dim(-log_prob(model, x, labels), model.num_dims).mean())
 
 
-def digit_grid_samples(model: TarFlow, per_class: int, seed: int = 1234) -> torch.Tensor:
-    """``per_class`` samples of every class, row by row (class 0 first), denoised, in [-1, 1]."""
+def digit_grid_samples(model: TarFlow, per_class: int, seed: int = 1234) -> torch.Tensor | None:
+    """``per_class`` samples of every class, row by row (class 0 first), denoised, in [-1, 1];
+    None when sampling overflows (a barely trained model can)."""
     classes = [c for c in range(model.num_classes) for _ in range(per_class)]
-    return sample(model, SampleSettings(num=len(classes), classes=classes, seed=seed, denoise=True)).images
+    try:
+        return sample(model, SampleSettings(num=len(classes), classes=classes, seed=seed, denoise=True)).images
+    except FloatingPointError:
+        return None

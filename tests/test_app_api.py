@@ -54,7 +54,9 @@ def png_size(path: str) -> tuple[int, int]:
 def test_the_api_is_exactly_the_documented_endpoints(client):
     api = client.view_api(print_info=False, return_format="dict")
     assert set(api["named_endpoints"]) == {"/model_info", "/generate", "/inspect", "/frame", "/animation", "/compare",
-                                           "/invert", "/interpolate", "/ood", "/bits", "/inpaint", "/repair"}
+                                           "/invert", "/interpolate", "/ood", "/bits", "/inpaint", "/repair",
+                                           "/train", "/train_step", "/train_pause", "/train_stop", "/train_reset",
+                                           "/train_digits"}
     params = [p["parameter_name"] for p in api["named_endpoints"]["/generate"]["parameters"]]
     assert params == list(GENERATE)
 

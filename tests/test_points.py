@@ -8,7 +8,7 @@ import torch
 from helpers import images, make_model
 
 from tarflow.likelihood import log_prob
-from tarflow.live import PointSettings, PointTrainer
+from tarflow.live import PointSettings, PointTrainer, optimizer_step
 from tarflow.model import SequenceFlow
 from tarflow.points import (
     BOX,
@@ -105,8 +105,17 @@ def test_training_on_two_moons_beats_a_single_gaussian():
             break
     end = trainer.heldout_nll()
     assert end < trainer.gaussian_nll - 0.2 < start, (start, end, trainer.gaussian_nll)
-    _, mass = density_grid(trainer.model, cells=120)
+    _, mass = density_grid(trainer.model, cells=160, box=6.0)
     assert abs(mass - 1) < 0.01
+
+
+def test_a_non_finite_loss_stops_before_any_weight_moves():
+    trainer = PointTrainer(PointSettings(seed=0, batch=16))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    loss = -log_prob(trainer.model, torch.full((4, 2), float("nan"))).mean()
+    with pytest.raises(FloatingPointError, match="diverged"):
+        optimizer_step(trainer.model, trainer.optimizer, loss, 1.0)
+    assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
 
 
 def test_training_is_deterministic_for_a_seed():
