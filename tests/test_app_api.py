@@ -25,7 +25,7 @@ EXAMPLES = ROOT / "assets" / "examples"
 NUMBER = r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)"
 GENERATE = dict(model_key="tiny-cond", classes=["star", "circle"], num=6, seed=0, guidance=1.0, kind="class",
                 attn_temp=1.0, annealed=False, guide_what="ab", temperature=1.0, denoise=True, sigma=0.1, slow=False,
-                rows_by_class=True)
+                rows_by_class=True, decode="sequential")
 
 
 @pytest.fixture(scope="module")

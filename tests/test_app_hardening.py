@@ -39,7 +39,7 @@ UPLOAD_MB = 1
 def gen_args(**over) -> list:
     args = dict(model_key="tiny-cond", classes=["star"], num=4, seed=0, guidance=1.0, kind="class", attn_temp=1.0,
                 annealed=False, guide_what="ab", temperature=1.0, denoise=True, sigma=0.1, slow=False,
-                rows_by_class=True)
+                rows_by_class=True, decode="sequential")
     args.update(over)
     return list(args.values())
 
@@ -201,7 +201,7 @@ def test_work_cap_is_stated_and_enforced(client):
     assert client.predict(*gen_args(num=10), api_name="/generate")[1].startswith("**Done**")
     with pytest.raises(AppError, match="Generate is limited to 10 images with this model"):
         client.predict(*gen_args(num=11), api_name="/generate")
-    compare = gen_args(num=4)[:-2] + ["guidance", "0, 1, 2"]  # 3 columns of 4 images
+    compare = gen_args(num=4)[:-3] + ["guidance", "0, 1, 2"]  # 3 columns of 4 images
     compare[2] = 4
     with pytest.raises(AppError, match="Compare is limited to 10 images with this model"):
         client.predict(*compare, api_name="/compare")
