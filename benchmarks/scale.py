@@ -33,7 +33,6 @@ import reference_configs as rc  # noqa: E402
 from tarflow.engine import Inverter  # noqa: E402
 from tarflow.model import Architecture, Guidance, MetaBlock  # noqa: E402
 
-
 WARM_UP = 3  # token steps before timing
 
 
