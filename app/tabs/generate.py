@@ -169,7 +169,11 @@ def _stream(model: TarFlow, settings: SampleSettings, run: Run, interval: float,
     recorded = record_every(model, settings.num)
     # The sampler hands back control every `every` tokens: often enough to answer Stop (and the
     # deadline) within about STOP_WITHIN s whatever the model's size, and to record frames.
-    every = min(recorded, estimate.stop_every(model, settings.num, settings.guidance_for(model).active))
+    # Jacobi decoding refines one window of tokens per hand-back: it gets the longest windows that
+    # still answer Stop in time (its recorded frames are fewer).
+    every = estimate.stop_every(model, settings.num, settings.guidance_for(model).active)
+    if settings.decode != "jacobi":
+        every = min(recorded, every)
     shown_every = max(1, math.ceil(model.num_tokens / FRAMES_PER_BLOCK))
     cap = max(MAX_FRAMES, model.num_blocks + 1)
     last, last_bucket, last_recorded, first = 0.0, None, None, True
