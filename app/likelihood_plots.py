@@ -81,14 +81,15 @@ def bits_bars(rows: list[tuple[str, np.ndarray]], names: list[str]) -> np.ndarra
     return _to_array(fig)
 
 
-def _rgb(arr: np.ndarray) -> np.ndarray:
+def rgb(arr: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 1 or 3) or (H, W) -> (H, W, 3)."""
     arr = squeeze_grey(arr)
     return np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr
 
 
 def with_hole(arr: np.ndarray, mask: np.ndarray, scale: int) -> np.ndarray:
     """The image (H, W, C uint8) with its erased pixels painted in the hole colour, enlarged."""
-    out = _rgb(arr).copy()
+    out = rgb(arr).copy()
     out[mask] = HOLE
     return enlarge(out, scale)
 
@@ -96,7 +97,7 @@ def with_hole(arr: np.ndarray, mask: np.ndarray, scale: int) -> np.ndarray:
 def outlined(arr: np.ndarray, mask: np.ndarray, scale: int) -> np.ndarray:
     """The image enlarged by ``scale`` with the border of the ``mask`` region drawn in the hole
     colour (on the pixels just inside it, so no kept pixel is covered)."""
-    big = enlarge(_rgb(arr), scale).copy()
+    big = enlarge(rgb(arr), scale).copy()
     m = enlarge(mask.astype(np.uint8), scale).astype(bool)
     inner = m.copy()
     for axis in (0, 1):

@@ -382,12 +382,24 @@ def build_demo() -> gr.Blocks:
                             elem_classes="tf-note")
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
-                        lk_image = SafeImage(label="Image", type="filepath", image_mode=None,
-                                             sources=["upload", "clipboard"], elem_classes="tf-input",
-                                             elem_id="tf-lk-image", height=220)
-                        lk_examples = gr.Dataset(components=[lk_image], samples=likelihood.examples(),
-                                                 label="Examples from all three datasets", samples_per_page=8,
-                                                 type="values", elem_id="tf-lk-examples")
+                        with gr.Tabs(elem_id="tf-lk-input"):
+                            with gr.Tab("Upload"):
+                                lk_image = SafeImage(label="Image", type="filepath", image_mode=None,
+                                                     sources=["upload", "clipboard"], elem_classes="tf-input",
+                                                     elem_id="tf-lk-image", height=220)
+                                lk_examples = gr.Dataset(components=[lk_image], samples=likelihood.examples(),
+                                                         label="Examples from all three datasets", samples_per_page=8,
+                                                         type="values", elem_id="tf-lk-examples")
+                            with gr.Tab("Draw"):
+                                gr.Markdown("Pick the **brush** beside the canvas, draw, then press **Use this "
+                                            "drawing**.", elem_classes="tf-note")
+                                lk_sketch = SafeSketchpad(label="Drawing", show_label=False, sources=(),
+                                                          transforms=("crop",), image_mode="RGBA",
+                                                          canvas_size=(336, 336), fixed_canvas=True, layers=False,
+                                                          elem_id="tf-lk-sketch",
+                                                          brush=gr.Brush(default_size=22, colors=["#111111"],
+                                                                         color_mode="fixed"))
+                                lk_use_drawing = gr.Button("Use this drawing", elem_id="tf-lk-use-drawing")
                         lk_sample = gr.Button("Draw a sample from the model", size="sm")
                         with gr.Row(equal_height=True):
                             lk_condition = gr.Dropdown(likelihood.initial_choices(s["key"]), value=checks.NO_LABEL,
@@ -559,6 +571,8 @@ def build_demo() -> gr.Blocks:
             _run(likelihood.bits_split, "/bits", gpu=True), *bits_io, api_visibility="private", **heavy)
         lk_examples.click(_run(lambda sample: sample[0], "example"), lk_examples, lk_image, api_visibility="private",
                           **light)
+        lk_use_drawing.click(_run(invert.drawing_to_file, "drawing"), lk_sketch, lk_image, api_visibility="private",
+                             **light)
         lk_sample.click(_run(likelihood.draw_sample, "draw sample", gpu=True), [model, lk_condition, lk_seed],
                         lk_image, api_visibility="private", **heavy)
         refill_in = [model, lk_image, lk_editor, lk_mask, lk_condition, lk_start, lk_steps, lk_seed]

@@ -192,3 +192,21 @@ def test_editor_background_and_a_drawn_sample(env, grey):
     assert np.asarray(Image.open(path)).shape == (8, 8)
     update = likelihood.on_model("tiny-rgb")[0]
     assert update["choices"] == [("No label", "none")] and update["interactive"] is False
+
+
+def test_the_outline_lies_inside_the_refilled_region():
+    from app import likelihood_plots as plots
+    from app.render import enlarge
+
+    arr = np.full((8, 8, 1), 7, np.uint8)
+    mask = np.zeros((8, 8), bool)
+    mask[4:, 2:6] = True
+    big = plots.outlined(arr, mask, 3)
+    painted = (big == plots.HOLE).all(axis=2)
+    inside = enlarge(mask.astype(np.uint8), 3).astype(bool)
+    assert not (painted & ~inside).any()  # no kept pixel is covered
+    assert (big[~inside] == 7).all()
+    assert painted[12, 6:18].all() and painted[12:, 6].all() and painted[-1, 6:18].all()  # top, left, image edge
+    assert not painted[15, 9]  # the middle stays visible
+    hole = plots.with_hole(arr, mask, 2)
+    assert hole.shape == (16, 16, 3) and (hole[8:, 4:12] == plots.HOLE).all() and (hole[:8] == 7).all()

@@ -86,3 +86,26 @@ def test_a_painted_mask_is_refilled(page):
     assert "Nothing is painted" not in page.content()
     page.screenshot(path=str(ARTIFACTS / f"likelihood-painted-{page.tag}.png"), full_page=True)
     assert_not_blank(shot(page.locator("#tf-inpaint img"), f"likelihood-painted-result-{page.tag}.png"))
+
+
+def test_a_drawing_is_marked_on_the_histograms(page):
+    open_tab(page, "Likelihood")
+    open_tab(page, "Out of distribution?", page.locator("#tf-lk-tabs"))
+    table = page.locator("#tf-ood-table")
+    table.wait_for()
+    before = table.inner_text()
+    open_tab(page, "Draw", page.locator("#tf-lk-input"))
+    page.locator("#tf-lk-sketch").get_by_role("button", name="Brush", exact=True).click()
+    canvas = page.locator("#tf-lk-sketch canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(1, 21):
+        page.mouse.move(x - k * box["width"] * 0.01, y + k * box["height"] * 0.03)
+    page.mouse.up()
+    page.locator("#tf-lk-use-drawing").click()
+    page.wait_for_function("(old) => { const t = document.querySelector('#tf-ood-table').innerText; "
+                           "return t !== old && t.includes('Your image'); }", arg=before)
+    page.screenshot(path=str(ARTIFACTS / f"likelihood-drawing-{page.tag}.png"), full_page=True)

@@ -136,7 +136,7 @@ def ood_view(model_key: str, image: str | None = None,
     labels = {name: _legend(table, name) for name in totals}
     groups = [(title, [n for n in names if n in totals]) for title, names in GROUPS]
     figure = plots.histograms(totals, [g for g in groups if g[1]], oodcache.OWN, labels, marker)
-    return figure, _ood_markdown(table, model, marker)
+    return figure, _ood_markdown(table, marker)
 
 
 def _legend(table: oodcache.OODTable, name: str) -> str:
@@ -146,7 +146,7 @@ def _legend(table: oodcache.OODTable, name: str) -> str:
     return name if score is None else f"{name} · AUROC {score:.2f}"
 
 
-def _ood_markdown(table: oodcache.OODTable, model: TarFlow, marker: tuple[float, str] | None) -> str:
+def _ood_markdown(table: oodcache.OODTable, marker: tuple[float, str] | None) -> str:
     own = table.totals(oodcache.OWN) if oodcache.OWN in table.parts else None
     sizes = sorted({len(v) for v in table.parts.values()})
     lines = ["| set | median bits/dim | AUROC | typicality, batches of 8 |", "| --- | ---: | ---: | ---: |"]
@@ -304,7 +304,7 @@ def refill(model_key: str, image: str | None, editor: Any = None, mask: str = "b
     free = torch.from_numpy(erased).to(x.device)[None, None]
     y = _y(model, label)
     scale = _scale(model)
-    panels = [("original", render.enlarge(plots._rgb(arr), scale)), ("erased", plots.with_hole(arr, erased, scale))]
+    panels = [("original", render.enlarge(plots.rgb(arr), scale)), ("erased", plots.with_hole(arr, erased, scale))]
     begin = None
     if start == "samples":
         progress(0.05, desc=f"drawing {CANDIDATES} samples, keeping the one that fits best")
@@ -336,8 +336,8 @@ def repair(model_key: str, image: str | None, damage: str = "noise", strength: f
     free = torch.ones(1, 1, model.img_size, model.img_size, dtype=torch.bool, device=x.device)
     scale = _scale(model)
     shown = to_uint8(damaged)[0].numpy()
-    panels = [("original", render.enlarge(plots._rgb(arr), scale)),
-              (f"{damage} {strength:g}", render.enlarge(plots._rgb(shown), scale))]
+    panels = [("original", render.enlarge(plots.rgb(arr), scale)),
+              (f"{damage} {strength:g}", render.enlarge(plots.rgb(shown), scale))]
     r = inpaint.REPAIR
     climb = inpaint.Climb(steps=steps, start=r.start, end=r.end, temperature=r.temperature, seed=seed)
     before = float(noisy_bits_per_dim(model, damaged, y)[0])
