@@ -53,6 +53,17 @@ def _last(items):
     return deque(items, maxlen=1)[0]
 
 
+def _inverter(batch: int, y: torch.Tensor | None, guidance: Guidance, device: torch.device, dtype: torch.dtype,
+              jacobi: Jacobi | None, report: DecodeReport | None) -> Inverter | JacobiInverter:
+    """The token-by-token engine, or Jacobi passes when settings are given."""
+    if jacobi is None:
+        return Inverter(batch, y, guidance, device, dtype)
+    inverter = JacobiInverter(batch, y, guidance, device, dtype, jacobi)
+    if report is not None:
+        inverter.report = report
+    return inverter
+
+
 def reverse_stream(
     model: TarFlow,
     z: torch.Tensor,
@@ -89,25 +100,17 @@ def reverse_stream(
         seq = seq.transpose(0, 1).contiguous()  # (T, B, D), natural order
         frame = Frame(0, None, T, T, model.unpatchify(seq.transpose(0, 1).to(out_dtype)))
     yield frame
-    num_blocks = len(model.blocks)
-    if jacobi is None:
-        inverter = Inverter(B, y, guidance, device, dtype)
-    else:
-        inverter = JacobiInverter(B, y, guidance, device, dtype, jacobi)
-        if report is not None:
-            inverter.report = report
-    for stage, k in enumerate(reversed(range(num_blocks)), start=1):
+    inverter = _inverter(B, y, guidance, device, dtype, jacobi, report)
+    for stage, k in enumerate(reversed(range(len(model.blocks))), start=1):
         block = model.blocks[k]
+        where = {} if jacobi is None else {"index": k}  # Jacobi settings may differ per block
         with torch.inference_mode():
             seq = block.permute(seq, 0).contiguous()  # this block's order
         i = 0
         while i < T - 1:
             stop = T - 1 if every is None else min(T - 1, i + every)
             with torch.inference_mode():
-                if jacobi is None:
-                    inverter.advance(block, seq, i, stop)
-                else:
-                    inverter.advance(block, seq, i, stop, index=k)
+                inverter.advance(block, seq, i, stop, **where)
                 i = stop
                 if i == T - 1:
                     seq = block.permute(seq, 0).contiguous()  # back to natural order
