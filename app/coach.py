@@ -5,7 +5,8 @@ A run ends on Stop, when its page closes (``end_session``, from ``demo.unload``)
 trained for ``CAP_MINUTES``, or when another run of the same session replaces it. Runs kept in
 memory (training, waiting, paused or ended) are at most ``MAX_RUNS``: a new one pushes out the
 oldest that is not training, or is refused when all of them are. A training thread computes on
-one intra-op thread, so the requests of the other tabs keep the rest of the machine.
+one intra-op thread at a lower priority (``NICE``), so the requests of the other tabs keep the
+rest of the machine and come first on it.
 
 Locks: the coach's condition guards every run's state and the line; a run's own ``lock`` is held
 during one optimiser step and by anyone copying its weights, so a copy never sees half a step.
@@ -20,11 +21,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 SLOTS = int(os.environ.get("TARFLOW_TRAIN_SLOTS", "2"))
+# Training threads run at this niceness (Linux schedules threads one by one): the CPU goes to the
+# other tabs' requests first, and to training whenever they leave it idle.
+NICE = int(os.environ.get("TARFLOW_TRAIN_NICE", "10"))
 CAP_MINUTES = float(os.environ.get("TARFLOW_TRAIN_MINUTES", "10"))
 MAX_RUNS = int(os.environ.get("TARFLOW_TRAIN_RUNS", "12"))
 HISTORY = 600  # points kept per curve: older ones are thinned (every other one dropped)
@@ -88,6 +92,8 @@ class LiveRun:
     viewer: int = 0  # the newest stream showing this run; older ones stop
     view_stage: int = -1  # the playground's warped-space slider (-1: the last stage)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _readers: int = 0
+    _readers_lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
     created: float = field(default_factory=time.monotonic)
 
@@ -99,6 +105,20 @@ class LiveRun:
     def ended(self) -> bool:
         return self.state == ENDED
 
+    @contextmanager
+    def between_steps(self) -> Iterator[Trainer]:
+        """The trainer, held between two steps (to copy its weights): a training thread lets a
+        waiting reader in after its current step. (A plain lock would not: the training thread
+        takes it again at once, and a reader could wait for many steps.)"""
+        with self._readers_lock:
+            self._readers += 1
+        try:
+            with self.lock:
+                yield self.trainer
+        finally:
+            with self._readers_lock:
+                self._readers -= 1
+
     def one_step(self) -> None:
         """An optimiser step and its bookkeeping (the caller computes on one thread)."""
         with self.lock:
@@ -106,6 +126,8 @@ class LiveRun:
             step = self.trainer.step_count
             value = self.evaluate() if self.evaluate is not None and (step % self.eval_every == 0 or step == 1) \
                 else None
+        if self._readers:
+            time.sleep(0.001)  # let the reader waiting for the lock take it
         # A running mean over about 10 steps: single batches are noisy.
         self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
         self.loss.add(step, self.smoothed)
@@ -260,6 +282,7 @@ class Coach:
         """The run's thread: wait for a slot, train until paused or ended, repeat."""
         torch.get_num_threads()  # take up the process default first, then set this thread's own
         torch.set_num_threads(1)
+        _lower_priority(NICE)
         ready.set()
         try:
             while self._wait_for_slot(run):
@@ -303,10 +326,16 @@ class Coach:
             self._cond.notify_all()
 
 
+def _lower_priority(nice: int) -> None:
+    """This thread's niceness raised by ``nice`` (where the system allows; a no-op elsewhere)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        pass
+
+
 COACH = Coach()
 
-
-def describe(run: LiveRun, coach: Coach = COACH) -> dict[str, Any]:
-    """What the status line says about a run."""
-    return {"state": run.state, "step": run.step, "position": coach.position(run), "reason": run.reason,
-            "trained_s": run.trained_s}

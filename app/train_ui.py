@@ -17,6 +17,7 @@ CSS = """
 #tf-train-grid img { image-rendering: pixelated; object-fit: contain; }
 .tf-train-panels img { width: 100%; height: auto; object-fit: contain; }
 .tf-train-panels .icon-button-wrapper { display: none; }
+.tf-train-panels .tf-fig-title { margin-bottom: 2px; }
 .tf-legend { font-size: 0.85rem; color: var(--body-text-color-subdued); margin: -6px 0 0 8px; }
 .tf-legend span { white-space: nowrap; margin-right: 14px; }
 .tf-legend b { display: inline-block; width: 18px; height: 3px; vertical-align: middle; margin-right: 5px; }
@@ -104,7 +105,7 @@ def build(demo: gr.Blocks) -> None:
                                           label="Warped space: blocks inverted (0 = the latent grid, last = data)")
                         curves = gr.LinePlot(x="step", y="value", color="curve", label="NLL (nats per point)",
                                              y_title="nats per point", height=320, elem_id="tf-train-loss",
-                                             colors_in_legend=[], color_map=PLAYGROUND_COLOURS)
+                                             color_title=" ", color_map=PLAYGROUND_COLOURS)
                         _legend(PLAYGROUND_COLOURS)
                         gr.Markdown(PLAYGROUND_NOTE, elem_classes="tf-note")
             with gr.Tab("Digits from scratch", id="train-digits"):
@@ -130,19 +131,23 @@ def build(demo: gr.Blocks) -> None:
                         d_grid = _figure("Samples, one row per class", elem_id="tf-train-grid", height=340)
                         d_curves = gr.LinePlot(x="step", y="value", color="curve", label="bits/dim",
                                                y_title="bits/dim", height=300, elem_id="tf-digits-loss",
-                                               colors_in_legend=[], color_map=DIGIT_COLOURS)
+                                               color_title=" ", color_map=DIGIT_COLOURS)
                         _legend(DIGIT_COLOURS)
 
     settings = [target, blocks, layers, width, lr, batch, seed, drawing]
     frame = [density, samples, warped, curves, status]
-    streaming = {"concurrency_id": "train", "concurrency_limit": None, "show_progress": "hidden"}
-    quiet = {"api_visibility": "private", "show_progress": "hidden", "trigger_mode": "always_last"}
+    # Three queues: the streams (each draws frames), light requests (a step, a preview), and the
+    # buttons that only change a run's state (never behind the others).
+    streaming = {"concurrency_id": "train", "concurrency_limit": train.STREAMS, "show_progress": "hidden"}
+    light = {"concurrency_id": "train-light", "concurrency_limit": 2, "show_progress": "hidden"}
+    buttons = {"concurrency_id": "train-control", "concurrency_limit": 4, "show_progress": "hidden"}
+    quiet = {"api_visibility": "private", "trigger_mode": "always_last", **light}
     go.click(guard(train.train, "/train"), settings, frame, api_name="train", **streaming)
-    step.click(guard(train.step, "/train_step"), settings, frame, api_name="train_step", **streaming)
-    pause.click(guard(train.pause, "/train_pause"), None, status, api_name="train_pause", queue=False)
-    stop.click(guard(train.stop, "/train_stop"), None, status, api_name="train_stop", queue=False)
+    step.click(guard(train.step, "/train_step"), settings, frame, api_name="train_step", **light)
+    pause.click(guard(train.pause, "/train_pause"), None, status, api_name="train_pause", **buttons)
+    stop.click(guard(train.stop, "/train_stop"), None, status, api_name="train_stop", **buttons)
     preview = guard(train.preview, "/train_reset")
-    reset.click(preview, settings, frame + [stage], api_name="train_reset", show_progress="hidden")
+    reset.click(preview, settings, frame + [stage], api_name="train_reset", **light)
     for control in (target, width, batch, seed, lr, drawing):
         control.change(preview, settings, frame + [stage], **quiet)
     for control in (blocks, layers):
@@ -153,9 +158,13 @@ def build(demo: gr.Blocks) -> None:
 
     digit_frame = [d_grid, d_curves, d_status]
     d_go.click(guard(train.digits, "/train_digits"), d_seed, digit_frame, api_name="train_digits", **streaming)
-    d_pause.click(guard(train.pause, "/train_pause"), None, d_status, api_visibility="private", queue=False)
-    d_stop.click(guard(train.stop, "/train_stop"), None, d_status, api_visibility="private", queue=False)
+    d_pause.click(guard(train.pause, "/train_pause"), None, d_status, api_visibility="private", **buttons)
+    d_stop.click(guard(train.stop, "/train_stop"), None, d_status, api_visibility="private", **buttons)
     digits_reset = guard(train.digits_reset, "digits_reset")
-    d_reset.click(digits_reset, d_seed, digit_frame, api_visibility="private", queue=False)
-    d_seed.change(digits_reset, d_seed, digit_frame, api_visibility="private", queue=False)
+    d_reset.click(digits_reset, d_seed, digit_frame, api_visibility="private", **buttons)
+    d_seed.change(digits_reset, d_seed, digit_frame, api_visibility="private", **buttons)
     demo.unload(train.end_session)
+    # Gradio calls it straight from the page's heartbeat when the connection drops, not through
+    # the queue; it is put in the buttons' group so that every event has a group with a limit.
+    unload = next(fn for fn in demo.fns.values() if fn.fn is train.end_session)
+    unload.concurrency_id, unload.concurrency_limit = buttons["concurrency_id"], buttons["concurrency_limit"]

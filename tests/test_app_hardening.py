@@ -352,5 +352,7 @@ def test_page_helpers_are_private_and_queued(server):
             assert dep.get("api_visibility") == "private", dep.get("api_name")
     api = Client(server.url, verbose=False, analytics_enabled=False).view_api(print_info=False, return_format="dict")
     assert set(api["named_endpoints"]) == {"/model_info", "/generate", "/inspect", "/frame", "/animation", "/compare",
-                                           "/invert", "/interpolate"}
+                                           "/invert", "/interpolate", "/ood", "/bits", "/inpaint", "/repair",
+                                           "/train", "/train_step", "/train_pause", "/train_stop", "/train_reset",
+                                           "/train_digits"}
     assert not api["unnamed_endpoints"]

@@ -3,8 +3,10 @@ and its positions, pause and stop, the time cap, bounded memory, one thread per 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,13 +17,16 @@ from app.tabs import train as train_tab
 
 
 class Counter:
-    """A trainer whose steps take ``pause`` seconds and record the thread count they ran with."""
+    """A trainer whose steps take ``pause`` seconds and record the thread count and the niceness
+    they ran with."""
 
     def __init__(self, pause: float = 0.002):
-        self.step_count, self.pause, self.threads = 0, pause, set()
+        self.step_count, self.pause, self.threads, self.nice = 0, pause, set(), set()
 
     def step(self) -> float:
         self.threads.add(torch.get_num_threads())
+        if hasattr(os, "getpriority"):
+            self.nice.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         time.sleep(self.pause)
         self.step_count += 1
         return 1.0 / self.step_count
@@ -100,12 +105,15 @@ def test_memory_is_bounded_by_the_runs_kept():
     assert len(curve.steps) <= coach_module.HISTORY and curve.steps[-1] == 4999
 
 
-def test_training_threads_compute_on_one_thread_and_leave_the_default_alone():
+def test_training_threads_compute_on_one_thread_at_low_priority_and_leave_the_default_alone():
     coach = Coach(slots=1, max_runs=2, cap_minutes=5)
     run = started(coach, "s")
     until(lambda: run.step > 3)
     coach.forget("s")
     assert run.trainer.threads == {1}
+    if hasattr(os, "getpriority") and coach_module.NICE > 0:
+        own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert run.trainer.nice == {min(19, own + coach_module.NICE)}
     seen = []
     t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
     t.start()
@@ -144,3 +152,18 @@ def test_the_playground_stream_ends_at_the_time_cap(monkeypatch):
     assert "Ended (time cap" in status and len(frames) >= 2
     run = train_tab.COACH.get("local")
     assert run.ended and run.step > 0
+
+
+def test_closing_the_page_ends_its_run_only(monkeypatch):
+    monkeypatch.setattr(train_tab, "COACH", Coach(slots=2, max_runs=3, cap_minutes=5))
+    page = SimpleNamespace(session_hash="page-a")
+    other = SimpleNamespace(session_hash="page-b")
+    streams = [train_tab.train("two moons", 2, 1, 16, 0.003, 64, s, None, r) for s, r in ((0, page), (1, other))]
+    for stream in streams:
+        next(stream)  # each run started and drew its first frame
+    run_a, run_b = train_tab.COACH.get("page-a"), train_tab.COACH.get("page-b")
+    train_tab.end_session(page)
+    assert run_a.ended and run_a.reason == "page closed" and train_tab.COACH.get("page-a") is None
+    assert list(streams[0]) == []  # the closed page's stream ends without another frame
+    assert not run_b.ended
+    train_tab.end_session(other)

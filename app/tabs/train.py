@@ -35,7 +35,10 @@ from tarflow.live import (
 )
 from tarflow.points import TARGETS, PointFlow, density_grid, latent_grid_lines, points_from_ink, warp_stages
 
-FPS = float(os.environ.get("TARFLOW_TRAIN_FPS", "8"))  # playground frames per second, at most
+FPS = float(os.environ.get("TARFLOW_TRAIN_FPS", "6"))  # playground frames per second, at most
+# Pages streaming a run at once (each draws its frames: about half a core at 6 frames/s); more
+# wait in Gradio's queue, which shows their place. Runs beyond the training slots wait in ours.
+STREAMS = min(4, int(os.environ.get("TARFLOW_TRAIN_STREAMS", "4")))
 DIGIT_GRID_S = float(os.environ.get("TARFLOW_DIGIT_GRID_S", "4"))  # seconds between digit sample grids
 CELLS = 64  # the density is evaluated on CELLS x CELLS points and shown smoothed (bilinear)
 SHOWN_SAMPLES = 600
@@ -110,12 +113,18 @@ class PointView:
         self.lines = latent_grid_lines()
         self.last: tuple[float, int] | None = None  # (time, step) of the previous frame
         self.rate = 0.0
+        self.shown: tuple[int, int | None, float] | None = None  # (step, stage, mass) last drawn
 
     def frame(self, run: LiveRun, stage: int | None = None, coach: Coach = COACH) -> tuple:
-        """(density, samples, warped space, loss curves, status) as the run stands now."""
-        with run.lock:
-            self.model.load_state_dict(run.trainer.model.state_dict())
-            step = run.step
+        """(density, samples, warped space, loss curves, status) as the run stands now; the
+        pictures are gr.skip() when nothing they show has changed since this view's last frame
+        (a waiting or paused run costs no drawing)."""
+        if self.shown is not None and self.shown[:2] == (run.step, stage):
+            self._measure(run.step)
+            return (gr.skip(),) * 4 + (self.status(run, run.step, self.shown[2], coach),)
+        with run.between_steps() as trainer:
+            self.model.load_state_dict(trainer.model.state_dict())
+            step = trainer.step_count
         trainer = run.trainer
         with one_thread():
             logp, mass = density_grid(self.model, CELLS)
@@ -128,6 +137,7 @@ class PointView:
         warped = train_plots.warp_panel(stages[shown][n:].reshape(self.lines.shape).numpy(), stages[shown][:n].numpy(),
                                         data if shown == len(stages) - 1 else None)
         self._measure(step)
+        self.shown = (step, stage, mass)
         return density, samples, warped, loss_table(run), self.status(run, step, mass, coach)
 
     def _measure(self, step: int) -> None:
@@ -323,8 +333,8 @@ def digits_reset(seed: float, request: gr.Request = None) -> tuple:  # type: ign
 
 
 def _digit_grid(run: LiveRun) -> np.ndarray | None:
-    with run.lock:
-        model = run.trainer.averaged()
+    with run.between_steps() as trainer:
+        model = trainer.averaged()
     with one_thread():
         images = digit_grid_samples(model, DIGITS_PER_CLASS)
     if images is None:
