@@ -581,7 +581,8 @@ def build_demo() -> gr.Blocks:
         repair_in = [model, lk_image, lk_damage, lk_strength, lk_condition, lk_steps, lk_seed]
         lk_repair.click(_run(likelihood.repair, "/repair", gpu=True), repair_in, [lk_fig, lk_status, lk_result],
                         api_name="repair", show_progress_on=lk_status, **heavy)
-        lk_damage.change(likelihood.strength_for, lk_damage, lk_strength, api_visibility="private", queue=False)
+        lk_damage.change(_run(likelihood.strength_for, "strength"), lk_damage, lk_strength, api_visibility="private",
+                         **light)
         picked.success(_run(likelihood.on_model, "likelihood tab"), model,
                        [lk_condition, lk_ood, lk_ood_table, lk_fig, lk_status, lk_result, lk_bars, lk_heat, lk_bits_md],
                        api_visibility="private", **light)
