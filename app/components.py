@@ -59,6 +59,20 @@ def check_image_bytes(raw: bytes) -> str:
     return fmt.lower()
 
 
+def store_image_bytes(raw: bytes, kind: str, stem: str) -> str:
+    """Check that the bytes are an image, and only then write them to a fresh scratch folder
+    (swept with the app's other files); nothing is left behind if writing fails."""
+    fmt = check_image_bytes(raw)
+    folder = storage.new_folder(kind)
+    path = folder / f"{stem}.{fmt}"
+    try:
+        path.write_bytes(raw)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise gr.Error("The server could not store the image; try again later.", print_exception=False) from None
+    return str(path)
+
+
 class SafeImage(gr.Image):
     # Gradio renders template components with their base class's front-end (an ordinary Image).
     is_template = True
@@ -85,16 +99,7 @@ class SafeImage(gr.Image):
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise gr.Error("The inline image is not valid base64.") from None
-        fmt = check_image_bytes(raw)
-        folder = storage.new_folder("inline")
-        path = folder / f"image.{fmt}"
-        try:
-            path.write_bytes(raw)
-        except OSError:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise gr.Error("The server could not store the inline image; try again later.",
-                           print_exception=False) from None
-        return str(path)
+        return store_image_bytes(raw, "inline", "image")
 
 
 class SafeSketchpad(gr.ImageEditor):
@@ -182,17 +187,7 @@ class SafeEditor(gr.ImageEditor):
         if file is None:
             return None
         if isinstance(file, (bytes, bytearray, memoryview)):
-            raw = bytes(file)
-            fmt = check_image_bytes(raw)
-            folder = storage.new_folder("editor")
-            path = folder / f"layer.{fmt}"
-            try:
-                path.write_bytes(raw)
-            except OSError:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise gr.Error("The server could not store the drawing; try again later.",
-                               print_exception=False) from None
-            return str(path)
+            return store_image_bytes(bytes(file), "editor", "layer")
         if file.path is None:
             raise gr.Error("The editor sent an image without a file.")
         return str(file.path)
