@@ -29,7 +29,9 @@ def shared_server() -> AppServer:
         make_tiny_datasets(models_dir / "data")
         _shared = start_app({"TARFLOW_MODELS_DIR": str(models_dir), "TARFLOW_FRAME_INTERVAL": "0",
                              "TARFLOW_DATA_DIR": str(models_dir / "data"), "TARFLOW_CACHE": str(models_dir / "cache"),
-                             "TARFLOW_OOD_PER_SET": "12"})
+                             "TARFLOW_OOD_PER_SET": "12",
+                             # runs left by the API tests must not queue the browser test behind them
+                             "TARFLOW_TRAIN_SLOTS": "8"})
         server = _shared
         atexit.register(lambda: (server.stop(), shutil.rmtree(models_dir, ignore_errors=True)))
     return _shared
