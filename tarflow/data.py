@@ -113,6 +113,13 @@ class ImageData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def class_parent(self) -> np.ndarray | None:
+        """For images labelled by a finer label set, each class's coarse class (index into the
+        cache's own labels): emoji subcategory -> category. None for the cache's own labels."""
+        label_set = self.meta.get("label_set")
+        parents = self.extra.get(f"{label_set}_category") if label_set else None
+        return None if parents is None else np.asarray(parents, dtype=np.int64)
+
     def split(self, which: str) -> ImageData:
         """The "train", "test" or "all" part; class_names stay complete so labels keep their meaning."""
         if which not in ("train", "test", "all"):

@@ -25,10 +25,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from tarflow.calibration import accuracy, balanced_accuracy
 from tarflow.data import ImageData, load
 from tarflow.images import grid, save_png
-from tarflow.likelihood import bits_per_dim, log_prob, to_bits_per_dim
-from tarflow.model import Architecture, TarFlow
+from tarflow.likelihood import bits_per_dim, class_log_likelihoods, log_prob, to_bits_per_dim
+from tarflow.model import Architecture, TarFlow, at_least_fp32
 from tarflow.sampling import SampleSettings, sample
 
 if TYPE_CHECKING:
@@ -65,12 +66,17 @@ class TrainConfig:
     drop_label: float = 0.1
     ema_decay: float = 0.999  # 0 disables; the decay warms up as min(decay, (1 + t) / (10 + t))
     seed: int = 0
+    # fine-tuning and the hybrid objective
+    init: str = ""  # a model folder whose weights start a fresh run (a resumed run ignores it)
+    hybrid: float = 0.0  # weight of the classification term (see classification_loss); 0: pure likelihood
+    hybrid_batch: int = 16  # clean training images per step scored under every class for that term
     # logistics
     out: str = "runs/mnist"
     log_every: int = 25
     eval_every: int = 500  # held-out bits/dim and a sample grid
     checkpoint_minutes: float = 5.0
     eval_images: int = 1000
+    eval_classify: int = 200  # held-out images classified by likelihood at each evaluation (0: none)
     threads: int = 0  # 0: torch's default
     bf16: bool = True  # on CUDA
     # recommended sampling, written into the exported model
@@ -218,6 +224,14 @@ def evaluate(model: TarFlow, cfg: TrainConfig, images: torch.Tensor, labels: tor
     return {k: torch.cat(v).mean().item() for k, v in out.items() if v}
 
 
+@torch.no_grad()
+def classification_scores(model: TarFlow, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy and balanced accuracy of classification by likelihood on clean uint8 images."""
+    device = next(model.parameters()).device
+    ll = class_log_likelihoods(model, (images.float() / 127.5 - 1).to(device)).cpu()
+    return {"accuracy": accuracy(ll, labels), "balanced_accuracy": balanced_accuracy(ll, labels)}
+
+
 def sample_grid(model: TarFlow, cfg: TrainConfig, path: Path, per_class: int = 8) -> None:
     """A fixed-noise grid, one row per class (or 8 rows unconditional), denoised if noise-augmented."""
     k = model.num_classes or 8
@@ -355,6 +369,8 @@ def start_run(cfg: TrainConfig, quiet: bool = False) -> Run:
     with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, data.image_size, data.channels, data.class_names)
+    if cfg.init and not (Path(cfg.out) / "checkpoint" / "train_state.pt").is_file():
+        load_initial_weights(model, cfg.init, data)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() < 2 or "embed" in name else decay).append(p)
@@ -369,6 +385,28 @@ def start_run(cfg: TrainConfig, quiet: bool = False) -> Run:
     model, optimizer = acc.prepare(model, optimizer)
     (Path(cfg.out) / "samples").mkdir(parents=True, exist_ok=True)
     return Run(cfg, acc, data, model, optimizer, ema, step, started)
+
+
+def load_initial_weights(model: TarFlow, folder: str | Path, data: ImageData) -> None:
+    """Start from another model's weights (fine-tuning). The architecture must match. If the
+    class count differs and the data say which coarse class each of its classes belongs to
+    (``class_parent``: emoji subcategories -> categories), each class embedding starts at its
+    parent's; otherwise the class embeddings must match too."""
+    weights = load_file(Path(folder) / "model.safetensors")
+    own = model.state_dict()
+    for key in [k for k in own if k.endswith("class_embed") and k in weights]:
+        old, new = weights[key], own[key]
+        if old.shape[0] == new.shape[0]:
+            continue
+        parent = data.class_parent()
+        if parent is None or len(parent) != new.shape[0] or int(parent.max()) >= old.shape[0]:
+            raise ValueError(f"{folder} has {old.shape[0]} classes and {data.name} {new.shape[0]}, "
+                             "with no map from one to the other")
+        weights[key] = old[torch.as_tensor(parent)].clone()
+    mismatched = [k for k in own if k in weights and weights[k].shape != own[k].shape]
+    if mismatched:
+        raise ValueError(f"{folder} does not match this architecture: {', '.join(mismatched[:4])}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, strict=True)
 
 
 def resume(ckpt_dir: Path, cfg: TrainConfig, model: TarFlow, optimizer: torch.optim.Optimizer,
@@ -398,6 +436,8 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor | None, 
     with acc.autocast():
         z, _, logdets = run.model(x, y)
         loss = net.get_loss(z, logdets)
+        if cfg.hybrid and run.data.num_classes:
+            loss = loss + cfg.hybrid * classification_loss(run, step) / net.num_dims
     if not cfg.nvp:  # running prior variance, averaged over processes as in the reference
         net.update_prior(acc.gather(z.detach().pow(2).mean(0, keepdim=True)).sqrt())
     run.optimizer.zero_grad(set_to_none=True)
@@ -405,6 +445,28 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor | None, 
     grad_norm = acc.clip_grad_norm_(run.model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
     run.optimizer.step()
     return loss, grad_norm, len(x) * acc.num_processes
+
+
+def classification_loss(run: Run, step: int) -> torch.Tensor:
+    """The hybrid objective's discriminative term: the cross-entropy (nats per image) of Bayes'
+    rule, p(y | x) proportional to p(x | y), on ``hybrid_batch`` clean training images (the input
+    the likelihood classifier sees), each scored under every class. Classes are weighted by the
+    inverse of their share of the training images, so a rare class counts as much as a common one.
+    Its gradient pushes the true class's log-likelihood up against the others'; with weight w the
+    step's loss is NLL per dimension + w x this / dimensions, i.e. w images' worth of likelihood."""
+    cfg, acc, net = run.cfg, run.acc, run.net
+    g = _generator(cfg.seed, step, acc.process_index, 11)
+    idx = torch.randint(len(run.images), (cfg.hybrid_batch,), generator=g)
+    k = run.data.num_classes
+    x = (run.images[idx].float() / 127.5 - 1).to(acc.device).repeat_interleave(k, dim=0)
+    classes = torch.arange(k, device=acc.device).repeat(len(idx))
+    z, _, logdets = run.model(x, classes)
+    z = at_least_fp32(z)
+    # log p(x | y) up to terms equal for every class (the prior's normaliser)
+    ll = -0.5 * (z.pow(2) / net.var.to(z.dtype)).sum(dim=(1, 2)) + logdets * net.num_dims
+    counts = torch.bincount(run.labels, minlength=k).clamp(min=1).float()
+    weight = (counts.sum() / (k * counts)).to(acc.device)
+    return torch.nn.functional.cross_entropy(ll.view(len(idx), k), run.labels[idx].to(acc.device), weight=weight)
 
 
 def averaged_model(run: Run) -> TarFlow:
@@ -421,6 +483,9 @@ def evaluate_and_sample(run: Run) -> dict[str, float]:
     """Held-out bits/dim of the averaged model, and its sample grid for this step."""
     model = averaged_model(run).eval()
     result = evaluate(model, run.cfg, run.test_images, run.test_labels)
+    if run.cfg.eval_classify and model.num_classes:
+        result.update(classification_scores(model, run.test_images[: run.cfg.eval_classify],
+                                            run.test_labels[: run.cfg.eval_classify]))
     sample_grid(model, run.cfg, run.out / "samples" / f"step_{run.step:07d}.png")
     run.net.train()  # the trained model itself, when the run keeps no EMA
     return result

@@ -187,3 +187,81 @@ def test_fitting_the_schedule_to_minutes_leaves_the_weights_alone(tiny_dataset, 
     assert all(torch.equal(saved[k], fresh[k]) for k in fresh)
     with pytest.raises(ValueError, match="give --minutes"):
         train(tiny_config(tiny_dataset, tmp_path / "other", total_steps=0), quiet=True)
+
+
+def test_the_classification_term_is_the_cross_entropy_of_bayes_rule(tiny_dataset, tmp_path):
+    """classification_loss against an independent computation: likelihood.class_log_likelihoods on
+    the same clean images, softmax, class-weighted negative log of the true class."""
+    from tarflow.likelihood import class_log_likelihoods
+    from tarflow.train import _generator, classification_loss, start_run
+
+    run = start_run(tiny_config(tiny_dataset, tmp_path / "run", hybrid=1.0, hybrid_batch=6), quiet=True)
+    run.net.eval()
+    got = classification_loss(run, step=3)
+    import copy
+
+    idx = torch.randint(len(run.images), (6,), generator=_generator(0, 3, 0, 11))
+    with torch.no_grad():
+        ll = class_log_likelihoods(copy.deepcopy(run.net).double(), run.images[idx].double() / 127.5 - 1)
+    counts = torch.bincount(run.labels, minlength=2).double()
+    w = counts.sum() / (2 * counts)
+    labels = run.labels[idx]
+    expected = (w[labels] * -torch.log_softmax(ll, dim=1)[torch.arange(6), labels]).sum() / w[labels].sum()
+    assert got.item() == pytest.approx(float(expected), rel=1e-4)
+    got.backward()  # it trains (at initialisation the output layers are zero, so the gradient starts there)
+    assert sum(float(p.grad.abs().sum()) for p in run.net.parameters() if p.grad is not None) > 0
+
+
+def test_the_hybrid_objective_separates_the_classes(tiny_dataset, tmp_path):
+    """With the classification term a short run classifies the images by likelihood better than
+    the same run without it; its evaluations log the (balanced) accuracy."""
+    from tarflow.data import load
+    from tarflow.train import classification_scores
+
+    images, labels = load(str(tiny_dataset)).tensors("all")
+    scores = {}
+    for w in (0.0, 5.0):
+        cfg = tiny_config(tiny_dataset, tmp_path / f"w{w}", hybrid=w, hybrid_batch=8, total_steps=30,
+                          eval_every=30, drop_label=0.0, eval_classify=8, guidance=0.0, ema_decay=0.0)
+        model = load_model(train(cfg, quiet=True))
+        rows = [json.loads(r) for r in (tmp_path / f"w{w}" / "metrics.jsonl").read_text().splitlines()]
+        logged = [r for r in rows if "eval_accuracy" in r][-1]
+        assert 0.0 <= logged["eval_balanced_accuracy"] <= 1.0
+        scores[w] = classification_scores(model, images, labels)["accuracy"]
+    assert scores[5.0] >= 0.8 and scores[5.0] >= scores[0.0] + 0.15, scores
+
+
+def test_a_run_can_start_from_another_models_weights(tiny_dataset, tmp_path):
+    first = train(tiny_config(tiny_dataset, tmp_path / "first"), quiet=True)
+    from tarflow.train import start_run
+
+    run = start_run(tiny_config(tiny_dataset, tmp_path / "second", init=str(first)), quiet=True)
+    start = load_file(first / "model.safetensors")
+    for k, v in run.net.state_dict().items():
+        assert torch.equal(v, start[k].to(v.dtype)), k
+    assert all(torch.equal(run.ema.shadow[k], start[k].float()) for k in start)  # the EMA starts there too
+    # another architecture is refused with the names of the tensors that differ
+    with pytest.raises(ValueError, match="does not match"):
+        start_run(tiny_config(tiny_dataset, tmp_path / "third", init=str(first), channels=16), quiet=True)
+
+
+def test_finer_classes_start_at_their_coarse_class(tmp_path):
+    """A model with 3 categories starts a 5-subcategory model: each subcategory's embedding is a
+    copy of its category's; everything else is copied as is."""
+    from tarflow.data import ImageData
+    from tarflow.train import build_model, load_initial_weights
+
+    cfg = TrainConfig(patch_size=2, channels=16, num_blocks=1, layers_per_block=1, head_dim=8)
+    coarse = build_model(cfg, 4, 1, ["a", "b", "c"])
+    coarse.save_pretrained(tmp_path / "coarse")
+    parent = np.array([0, 0, 1, 2, 2])
+    data = ImageData(np.zeros((5, 4, 4, 1), np.uint8), np.arange(5), list("vwxyz"), np.zeros(5, bool), "toy:sub",
+                     {"label_set": "sub"}, {"sub_category": parent})
+    assert data.class_parent().tolist() == parent.tolist()
+    fine = build_model(cfg, 4, 1, list("vwxyz"))
+    load_initial_weights(fine, tmp_path / "coarse", data)
+    assert torch.equal(fine.blocks[0].class_embed, coarse.blocks[0].class_embed[torch.as_tensor(parent)])
+    assert torch.equal(fine.blocks[0].proj_in.weight, coarse.blocks[0].proj_in.weight)
+    no_map = dataclasses.replace(data, meta={})
+    with pytest.raises(ValueError, match="no map"):
+        load_initial_weights(build_model(cfg, 4, 1, list("vwxyz")), tmp_path / "coarse", no_map)
