@@ -1,7 +1,8 @@
 """The page: layout and event wiring, declared in one place (``build_demo``).
 
 Public API endpoints (``gradio_client`` names): ``/model_info``, ``/generate`` (streams),
-``/inspect``, ``/frame``, ``/animation``, ``/compare`` (streams), ``/invert``, ``/interpolate``,
+``/inspect``, ``/frame``, ``/animation`` (GIF), ``/animation_mp4``, ``/compare`` (streams),
+``/invert``, ``/interpolate``,
 ``/ood``, ``/bits``, ``/inpaint`` and ``/repair`` (both stream), and the Train tab's (see
 ``app/train_ui.py``).
 Helpers the page needs but the API does not (grid clicks, the sketchpad, invert-on-upload, the
@@ -17,7 +18,7 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from app import checks, picker, storage, train_ui
+from app import animation, checks, picker, storage, train_ui
 from app.components import SafeEditor, SafeImage, SafeRadio, SafeSketchpad
 from app.gpu import on_gpu
 from app.limits import guard, max_upload_bytes, public
@@ -213,6 +214,9 @@ def build_demo() -> gr.Blocks:
                         with gr.Row(equal_height=True):
                             stop_btn = gr.Button("Stop", variant="stop", size="sm", scale=0, min_width=70,
                                                  elem_id="tf-stop")
+                            pause_run = gr.Button("Pause", size="sm", scale=0, min_width=70, elem_id="tf-pause")
+                            step_run = gr.Button("Step", size="sm", scale=0, min_width=60, elem_id="tf-step")
+                            resume_run = gr.Button("Resume", size="sm", scale=0, min_width=80, elem_id="tf-resume")
                             eta = gr.Markdown("", elem_classes="tf-note", elem_id="tf-estimate")
                         guidance = gr.Slider(0, generate.MAX_GUIDANCE, value=s["guidance"], step=0.1,
                                              label="Guidance scale w", elem_id="tf-guidance",
@@ -256,7 +260,9 @@ def build_demo() -> gr.Blocks:
                                                          scale=1, min_width=150, elem_id="tf-download-grid")
                             anim = gr.Button("Download animation (GIF)", size="md", scale=1, min_width=150,
                                              elem_id="tf-anim")
-                        anim_file = gr.File(label="Animation of the whole grid forming (GIF)", visible=False,
+                            anim_mp4 = gr.Button("Download animation (MP4)", size="md", scale=1, min_width=150,
+                                                 elem_id="tf-anim-mp4", visible=animation.mp4_available())
+                        anim_file = gr.File(label="Animation of the whole grid forming", visible=False,
                                             elem_id="tf-anim-file", interactive=False)
                         with gr.Group():
                             gr.Markdown("**Step through it** · every recorded frame of the inspected image, "
@@ -496,6 +502,9 @@ def build_demo() -> gr.Blocks:
             show_progress_on=status, **heavy)
         # Stop cancels this page's running job (limits.Job.cancel); the stream ends within about a second
         stop_btn.click(_run(generate.stop, "stop"), None, None, api_visibility="private", **light)
+        # Pause / Step / Resume hold the running job between frames (limits.Job.hold)
+        for button, control in ((pause_run, generate.pause), (step_run, generate.step), (resume_run, generate.resume)):
+            button.click(_run(control, control.__name__), None, None, api_visibility="private", **light)
         # the time a Generate should take here, from a token step measured once per model and batch size
         for control in (num, guidance):
             control.release(_run(generate.estimate_note, "estimate"), [model, num, guidance], eta,
@@ -527,8 +536,10 @@ def build_demo() -> gr.Blocks:
         playing = play_btn.click(_run(replay.play, "play"), player, [frame_slider, frame_view, frame_md],
                                  api_visibility="private", concurrency_id="player", concurrency_limit=4)
         pause_btn.click(None, None, None, cancels=[playing], api_visibility="private")
-        anim.click(_run(replay.animation, "/animation"), run_id, anim_file, api_name="animation", **heavy).success(
-            lambda: gr.update(visible=True), None, anim_file, api_visibility="private", queue=False)
+        for button, export, endpoint in ((anim, replay.animation, "animation"),
+                                         (anim_mp4, replay.animation_mp4, "animation_mp4")):
+            button.click(_run(export, f"/{endpoint}"), run_id, anim_file, api_name=endpoint, **heavy).success(
+                lambda: gr.update(visible=True), None, anim_file, api_visibility="private", queue=False)
 
         compare_inputs = [model, classes, rows, seed, guidance, kind, attn_temp, annealed, guide_what, temperature,
                           denoise, sigma, sweep, sweep_values]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import struct
@@ -53,7 +54,8 @@ def png_size(path: str) -> tuple[int, int]:
 
 def test_the_api_is_exactly_the_documented_endpoints(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/model_info", "/generate", "/inspect", "/frame", "/animation", "/compare",
+    assert set(api["named_endpoints"]) == {"/model_info", "/generate", "/inspect", "/frame", "/animation",
+                                           "/animation_mp4", "/compare",
                                            "/invert", "/interpolate", "/ood", "/bits", "/inpaint", "/repair",
                                            "/train", "/train_step", "/train_pause", "/train_stop", "/train_reset",
                                            "/train_digits"}
@@ -293,6 +295,9 @@ def test_frames_and_the_animation_of_a_run(client):
         assert img.format == "GIF" and img.n_frames == last + 1 > 2
     with pytest.raises(AppError, match="no longer kept"):
         client.predict("000000000000", api_name="/animation")
+    mp4 = client.predict(run_id, api_name="/animation_mp4")
+    assert mp4.endswith(".mp4") and open(mp4, "rb").read(12)[4:8] == b"ftyp"  # an MP4 container
+    assert os.path.getsize(mp4) < os.path.getsize(gif)
 
 
 def test_compare_streams_one_labelled_column_per_value(client):

@@ -351,7 +351,8 @@ def test_page_helpers_are_private_and_queued(server):
         if dep.get("backend_fn") and dep.get("queue") is False:
             assert dep.get("api_visibility") == "private", dep.get("api_name")
     api = Client(server.url, verbose=False, analytics_enabled=False).view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/model_info", "/generate", "/inspect", "/frame", "/animation", "/compare",
+    assert set(api["named_endpoints"]) == {"/model_info", "/generate", "/inspect", "/frame", "/animation",
+                                           "/animation_mp4", "/compare",
                                            "/invert", "/interpolate", "/ood", "/bits", "/inpaint", "/repair",
                                            "/train", "/train_step", "/train_pause", "/train_stop", "/train_reset",
                                            "/train_digits"}

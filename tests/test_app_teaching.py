@@ -244,6 +244,33 @@ def test_the_animation_is_a_gif_of_every_frame(tiny):
     assert Path(path).parent == run.folder
 
 
+def test_the_mp4_has_every_frame_with_the_gifs_timing(tiny):
+    """Decoded back with PyAV: one video frame per recorded frame plus the held last one, the
+    GIF's durations as timestamps, and the last frame's picture equal to the GIF's up to H.264."""
+    import av
+
+    final = gen(num=6)[-1]
+    run = runs.RUNS.get(final[7])
+    path = replay.animation(final[7], "mp4")
+    assert path.endswith(".mp4") and Path(path).parent == run.folder
+    with av.open(path) as video:
+        frames = list(video.decode(video=0))
+    assert len(frames) == len(run.frames) + 1
+    times = np.array([float(f.time) for f in frames])
+    with Image.open(replay.animation(final[7])) as gif:
+        durations = []
+        for k in range(gif.n_frames):
+            gif.seek(k)
+            durations.append(gif.info["duration"])
+        gif.seek(gif.n_frames - 1)
+        last = np.asarray(gif.convert("RGB")).astype(float)
+    assert np.allclose(np.diff(times), np.array(durations) / 1000, atol=2e-3)
+    picture = frames[-1].to_ndarray(format="rgb24").astype(float)[: last.shape[0], : last.shape[1]]
+    assert np.abs(picture - last).mean() < 4  # the same picture, up to lossy coding
+    with pytest.raises(gr.Error, match="'gif' or 'mp4'"):
+        replay.animation(final[7], "avi")
+
+
 def test_sending_an_image_on_writes_it_once(tiny):
     run = runs.RUNS.get(gen(num=3)[-1][7])
     path = generate.image_file(run, 1)
