@@ -41,6 +41,14 @@ def sampling_status(frame: Frame, model: TarFlow, seconds: float, temperature: f
             f"{seconds:.1f} s")
 
 
+def paused_status(frame: Frame, model: TarFlow) -> str:
+    """The line above the grid while a run is paused."""
+    where = ("at the prior sample" if frame.stage == 0 else
+             f"in block {frame.stage}/{model.num_blocks} at token {frame.tokens}/{frame.num_tokens}")
+    return (f"**Paused** {where} · **Step** draws the next frame, **Resume** goes on, **Stop** ends the run "
+            "(the grid shows the tokens decoded so far; the rest is still noise)")
+
+
 def done_status(settings: SampleSettings, model: TarFlow, class_guidance: bool, seconds: float) -> str:
     g = settings.guidance_for(model)
     weak = "class" if class_guidance else f"attention temp {g.attn_temp:g}"

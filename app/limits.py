@@ -103,6 +103,9 @@ class WorkLimit(gr.Error):
         super().__init__(message, title="Too much for this server", print_exception=False)
 
 
+MAX_PAUSE = 15 * 60.0  # s a job may stay paused before it is stopped (it holds a worker meanwhile)
+
+
 class Job:
     """One request's work on one model: its cost, the cap it must fit, and its deadline.
 
@@ -123,6 +126,14 @@ class Job:
         self.limit = time_limit(device)
         self.started = time.monotonic()
         self._cancelled = threading.Event()
+        # Pause and single-step (a teacher stopping mid-run to explain): the loop calls ``hold``
+        # after each frame it shows, which waits while paused until Step, Resume, Stop or the
+        # deadline (a paused job still holds a worker, so the deadline keeps counting).
+        self._gate = threading.Condition()
+        self._paused = False
+        self._steps = 0
+        self._paused_since: float | None = None
+        self._pause_expired = False
 
     @property
     def per_image(self) -> float:
@@ -156,15 +167,58 @@ class Job:
 
     def cancel(self) -> None:
         self._cancelled.set()
+        with self._gate:
+            self._gate.notify_all()
+
+    def pause(self) -> None:
+        with self._gate:
+            self._paused, self._steps = True, 0
+
+    def resume(self) -> None:
+        with self._gate:
+            self._paused, self._steps = False, 0
+            self._gate.notify_all()
+
+    def step(self) -> None:
+        """Go on to the next frame, then pause (pauses a running job after its next frame)."""
+        with self._gate:
+            self._paused = True
+            self._steps += 1
+            self._gate.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def hold(self) -> None:
+        """Wait while paused (returns at once otherwise); a pending Step lets one frame through."""
+        with self._gate:
+            if self._paused and self._steps:
+                self._steps -= 1
+                return
+            self._paused_since = time.monotonic() if self._paused else None
+            while self._paused and not self._steps and not self.stopped:
+                self._gate.wait(0.25)
+            if self._steps:
+                self._steps -= 1
+            self._pause_expired = self._pause_expired or self._paused_too_long()
+            self._paused_since = None
+
+    def _paused_too_long(self) -> bool:
+        since = self._paused_since
+        return self._pause_expired or (since is not None and time.monotonic() - since > MAX_PAUSE)
 
     @property
     def stopped(self) -> bool:
-        return self._cancelled.is_set() or (self.limit is not None and self.elapsed() > self.limit)
+        return (self._cancelled.is_set() or (self.limit is not None and self.elapsed() > self.limit)
+                or self._paused_too_long())
 
     @property
     def reason(self) -> str:
         if self._cancelled.is_set():
             return "stopped on request"
+        if self._paused_too_long():
+            return f"stopped after {MAX_PAUSE / 60:g} min paused"
         return f"stopped at this server's time limit of {self.limit:g} s"
 
 
@@ -221,10 +275,15 @@ def untrack(job: Job, session: str | None) -> None:
                 del _running[session]
 
 
+def running(session: str | None) -> Job | None:
+    """The job running for ``session`` (None when there is none)."""
+    with _running_lock:
+        return _running.get(session or "")
+
+
 def stop(session: str | None) -> bool:
     """Cancel the job running for ``session``; False when there is none."""
-    with _running_lock:
-        job = _running.get(session or "")
+    job = running(session)
     if job is None:
         return False
     job.cancel()

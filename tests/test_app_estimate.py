@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 from app_models import make_tiny_models
 from helpers import make_model
 
@@ -74,6 +78,68 @@ def test_stop_button_ends_the_running_generate(tiny, monkeypatch):
     assert rest and "**Stopped** · stopped on request" in rest[-1][1]
     assert generate.stop(request) == "Nothing is running."  # untracked once it ended
     models.MODELS.get("tiny-cond")  # the model stays usable
+
+
+def test_pause_step_and_resume_a_running_generate(tiny, monkeypatch):
+    """Pause holds the stream after the frame on screen; Step lets exactly one more frame through
+    and pauses again; Resume finishes it, with the same images as a run never paused."""
+    monkeypatch.setattr(estimate, "STOP_WITHIN", 1e-6)
+    monkeypatch.setattr(generate, "FRAME_INTERVAL", 0.0)
+    args = dict(model_key="tiny-cond", classes=["star"], num=2, seed=3, guidance=1.0, kind="class", attn_temp=1.0,
+                annealed=False, guide_what="ab", temperature=1.0, denoise=True, sigma=0.1, slow=False)
+    plain = generate.RUNS.get(list(generate.generate(**args, progress=noop))[-1][7])
+    request = SimpleNamespace(session_hash="page-pause")
+    stream = generate.generate(**args, progress=noop, request=request)
+    next(stream)
+    next(stream)
+    assert generate.pause(SimpleNamespace(session_hash="other page")) == "Nothing is running."
+    assert generate.pause(request) == "pause"
+    updates: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [*map(updates.put, stream), updates.put(None)], daemon=True).start()
+
+    def until_paused() -> list:
+        seen = []
+        while True:
+            update = updates.get(timeout=10)
+            assert update is not None, "the run ended while paused"
+            seen.append(update)
+            if isinstance(update[1], str) and update[1].startswith("**Paused**"):
+                return seen
+
+    until_paused()
+    time.sleep(0.4)
+    assert updates.empty()  # held
+    assert generate.step(request) == "step"
+    stepped = until_paused()
+    assert len(stepped) == 2 and isinstance(stepped[0][0], np.ndarray)  # one new frame, then paused again
+    assert "token" in stepped[1][1] and "**Step** draws the next frame" in stepped[1][1]
+    time.sleep(0.4)
+    assert updates.empty()
+    assert generate.resume(request) == "resume"
+    rest = []
+    while (update := updates.get(timeout=30)) is not None:
+        rest.append(update)
+    assert rest[-1][1].startswith("**Done**")
+    assert torch.equal(generate.RUNS.get(rest[-1][7]).images, plain.images)
+    assert generate.resume(request) == "Nothing is running."
+
+
+def test_a_paused_job_still_answers_stop_and_its_deadline(monkeypatch):
+    model = make_model()
+    job = limits.Job(model, 1, 1, "cpu")
+    job.pause()
+    threading.Timer(0.3, job.cancel).start()
+    start = time.perf_counter()
+    job.hold()
+    assert 0.2 < time.perf_counter() - start < 2 and job.stopped
+    monkeypatch.setattr(limits, "MAX_PAUSE", 0.2)
+    job = limits.Job(model, 1, 1, "cpu")
+    job.pause()
+    job.hold()  # returns once paused too long
+    assert job.stopped and job.reason == "stopped after 0.00333333 min paused"
+    running = limits.Job(model, 1, 1, "cpu")
+    running.hold()  # not paused: returns at once
+    assert not running.stopped
 
 
 def test_track_and_stop_are_per_session():

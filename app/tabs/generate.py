@@ -183,7 +183,7 @@ def _stream(model: TarFlow, settings: SampleSettings, run: Run, interval: float,
                 return item
             record, bucket = (item.stage, item.tokens // recorded), (item.stage, item.tokens // shown_every)
             keep = item.block_done or record != last_recorded
-            show = job.stopped or item.block_done or bucket != last_bucket
+            show = job.stopped or job.paused or item.block_done or bucket != last_bucket
             last_recorded = record
             if item.stage > 0:
                 progress(_done_share(item, model), desc=_time_left(item, model, time.perf_counter() - started))
@@ -209,6 +209,9 @@ def _stream(model: TarFlow, settings: SampleSettings, run: Run, interval: float,
                        f"{item.tokens}/{item.num_tokens}: the images above are unfinished. Ask for fewer images.",
                        *_cleared())
                 return None
+            if job.paused:
+                yield (gr.skip(), captions.paused_status(item, model), *(gr.skip(),) * (NUM_OUTPUTS - 2))
+                job.hold()
     except FloatingPointError:
         raise gr.Error(f"Sampling overflowed: guidance {settings.guidance:g} is too strong for this model "
                        "(the values became infinite). Lower the guidance scale (try 1-4) or the prior "
@@ -252,6 +255,28 @@ def stop(request: gr.Request | None = None) -> str:
     if limits.stop(getattr(request, "session_hash", None)):
         return "Stopping…"
     return "Nothing is running."
+
+
+def pause(request: gr.Request | None = None) -> str:
+    """Pause this page's running Generate after the frame on screen (Step and Resume go on)."""
+    return _control(request, "pause")
+
+
+def step(request: gr.Request | None = None) -> str:
+    """Let this page's Generate draw one more frame, then pause (pauses a running one)."""
+    return _control(request, "step")
+
+
+def resume(request: gr.Request | None = None) -> str:
+    return _control(request, "resume")
+
+
+def _control(request: gr.Request | None, action: str) -> str:
+    job = limits.running(getattr(request, "session_hash", None))
+    if job is None:
+        return "Nothing is running."
+    getattr(job, action)()
+    return action
 
 
 def _warn_if_off(model: TarFlow, run: Run, settings: SampleSettings) -> None:
