@@ -200,6 +200,36 @@ def test_the_player_steps_plays_and_pauses_through_recorded_frames(page):
     assert_not_blank(shot(page.locator("#tf-frame img"), "player-frame.png"), min_std=4.0)
 
 
+def test_a_running_generate_pauses_steps_and_resumes(page):
+    """In slow motion: Pause holds the grid (status "Paused"), Step draws one more frame and holds
+    again, Resume runs it to "Done"."""
+    open_tab(page, "Generate")
+    slow = page.get_by_label("Slow motion")
+    slow.check()
+    try:
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.locator("#tf-status", has_text=re.compile(r"Block \d/\d")).wait_for()  # the run is streaming
+        page.locator("#tf-pause").click()
+        page.locator("#tf-status", has_text="Paused").wait_for(timeout=10_000)
+        src = page.locator("#tf-samples img").get_attribute("src")
+        page.wait_for_timeout(1200)
+        assert page.locator("#tf-samples img").get_attribute("src") == src, "the grid changed while paused"
+        assert "Paused" in page.locator("#tf-status").inner_text()
+        page.evaluate("() => window.scrollTo(0, 0)")
+        page.screenshot(path=str(ARTIFACTS / "generate-paused.png"), full_page=False)
+        page.locator("#tf-step").click()
+        page.wait_for_function("(old) => document.querySelector('#tf-samples img')?.src !== old", arg=src)
+        page.locator("#tf-status", has_text="Paused").wait_for()
+        stepped = page.locator("#tf-samples img").get_attribute("src")
+        page.wait_for_timeout(800)
+        assert page.locator("#tf-samples img").get_attribute("src") == stepped, "Step let more than one frame through"
+        page.locator("#tf-resume").click()
+        page.locator("#tf-status", has_text="Done").wait_for()
+    finally:
+        slow.uncheck()
+    assert_not_blank(ARTIFACTS / "generate-paused.png")
+
+
 def test_the_animation_download_is_a_gif_of_many_frames(page):
     open_tab(page, "Generate")
     if "Done" not in page.locator("#tf-status").inner_text():
@@ -216,6 +246,13 @@ def test_the_animation_download_is_a_gif_of_many_frames(page):
         assert gif.format == "GIF" and gif.n_frames > 1
         gif.seek(gif.n_frames - 1)
         assert np.asarray(gif.convert("L")).std() > 8
+    page.get_by_role("button", name="Download animation (MP4)").click()
+    page.wait_for_function("() => [...document.querySelectorAll('#tf-anim-file a')].some(a => /\\.mp4/.test(a.href))")
+    with page.expect_download() as info:
+        page.locator("#tf-anim-file a[href*='.mp4']").first.click()
+    mp4 = ARTIFACTS / "animation.mp4"
+    info.value.save_as(str(mp4))
+    assert mp4.read_bytes()[4:8] == b"ftyp" and mp4.stat().st_size < path.stat().st_size
 
 
 def test_a_comparison_shows_one_labelled_column_per_setting(page):
