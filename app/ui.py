@@ -211,13 +211,13 @@ def build_demo() -> gr.Blocks:
                             seed = gr.Number(0, label="Seed", precision=None, step=1, scale=3)
                             dice = gr.Button("Random", scale=1, min_width=70, size="sm")
                         run = gr.Button("Generate", variant="primary", elem_id="tf-generate")
-                        with gr.Row(equal_height=True):
+                        with gr.Row():
                             stop_btn = gr.Button("Stop", variant="stop", size="sm", scale=0, min_width=70,
                                                  elem_id="tf-stop")
                             pause_run = gr.Button("Pause", size="sm", scale=0, min_width=70, elem_id="tf-pause")
                             step_run = gr.Button("Step", size="sm", scale=0, min_width=60, elem_id="tf-step")
                             resume_run = gr.Button("Resume", size="sm", scale=0, min_width=80, elem_id="tf-resume")
-                            eta = gr.Markdown("", elem_classes="tf-note", elem_id="tf-estimate")
+                        eta = gr.Markdown("", elem_classes="tf-note", elem_id="tf-estimate")
                         guidance = gr.Slider(0, generate.MAX_GUIDANCE, value=s["guidance"], step=0.1,
                                              label="Guidance scale w", elem_id="tf-guidance",
                                              info="0 = plain sampling; 1-4 typical; too high overflows")
@@ -258,6 +258,7 @@ def build_demo() -> gr.Blocks:
                                              visible=s["num"] > 1)
                             download = gr.DownloadButton("Download grid (PNG)", interactive=False, size="md",
                                                          scale=1, min_width=150, elem_id="tf-download-grid")
+                        with gr.Row(equal_height=True):
                             anim = gr.Button("Download animation (GIF)", size="md", scale=1, min_width=150,
                                              elem_id="tf-anim")
                             anim_mp4 = gr.Button("Download animation (MP4)", size="md", scale=1, min_width=150,
@@ -511,6 +512,8 @@ def build_demo() -> gr.Blocks:
                             api_visibility="private", **light)
         picked.success(_run(generate.estimate_note, "estimate"), [model, num, guidance], eta,
                        api_visibility="private", **light)
+        demo.load(_run(generate.estimate_note, "estimate"), [model, num, guidance], eta, api_visibility="private",
+                  **light)  # shown from the first page load (the step is measured once per model and batch)
         # A new model: a run of the old one is stopped and every result of it cleared.
         picked.success(_run(picker.picked, "picked"), model, [working, inv_examples, pair_examples],
                        api_visibility="private", **loads).then(

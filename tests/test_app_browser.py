@@ -108,6 +108,7 @@ def test_generate_is_in_the_first_viewport_on_load(browser):
         pg.goto(server.url, wait_until="load")
         button = pg.get_by_role("button", name="Generate", exact=True)
         button.wait_for()
+        pg.locator("#tf-estimate", has_text="Estimated on this CPU").wait_for()  # the time estimate, from load
         pg.screenshot(path=str(ARTIFACTS / name))
         box = button.bounding_box()
         if width == 1400:
