@@ -167,3 +167,21 @@ def test_closing_the_page_ends_its_run_only(monkeypatch):
     assert list(streams[0]) == []  # the closed page's stream ends without another frame
     assert not run_b.ended
     train_tab.end_session(other)
+
+
+def test_stopping_a_run_waiting_in_line_ends_its_stream_with_the_reason(monkeypatch):
+    """Two slots, three pages: the third waits in line; its Stop ends it, and its stream's last
+    frame says so (the page is not left showing "Waiting in line"); the other two train on."""
+    monkeypatch.setattr(train_tab, "COACH", Coach(slots=2, max_runs=4, cap_minutes=5))
+    pages = [SimpleNamespace(session_hash=f"page-{k}") for k in "abc"]
+    streams = [train_tab.train("two moons", 2, 1, 16, 0.003, 64, k, None, page) for k, page in enumerate(pages)]
+    firsts = [next(stream)[4] for stream in streams]
+    until(lambda: train_tab.COACH.get("page-a").state == TRAINING and train_tab.COACH.get("page-b").state == TRAINING)
+    waiting = train_tab.COACH.get("page-c")
+    assert waiting.state == WAITING and "Waiting in line: 1st" in firsts[2], firsts[2]
+    assert train_tab.stop(pages[2]).startswith("**Stopped** at step 0")
+    rest = list(streams[2])
+    assert rest and "Ended (stopped)" in rest[-1][4] and waiting.step == 0
+    assert train_tab.COACH.get("page-a").state == TRAINING and train_tab.COACH.get("page-b").state == TRAINING
+    for page in pages:
+        train_tab.end_session(page)

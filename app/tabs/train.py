@@ -115,10 +115,11 @@ class PointView:
         self.rate = 0.0
         self.shown: tuple[int, int | None, float] | None = None  # (step, stage, mass) last drawn
 
-    def frame(self, run: LiveRun, stage: int | None = None, coach: Coach = COACH) -> tuple:
+    def frame(self, run: LiveRun, stage: int | None = None, coach: Coach | None = None) -> tuple:
         """(density, samples, warped space, loss curves, status) as the run stands now; the
         pictures are gr.skip() when nothing they show has changed since this view's last frame
         (a waiting or paused run costs no drawing)."""
+        coach = coach or COACH  # looked up now, not when the module was imported
         if self.shown is not None and self.shown[:2] == (run.step, stage):
             self._measure(run.step)
             return (gr.skip(),) * 4 + (self.status(run, run.step, self.shown[2], coach),)
@@ -201,7 +202,8 @@ def train(target: str, blocks: float, layers: float, width: float, lr: float, ba
 SILENT_ENDS = ("reset", "replaced", "page closed")
 
 
-def _stream(run: LiveRun, view: PointView, period: float, coach: Coach = COACH) -> Iterator[tuple]:
+def _stream(run: LiveRun, view: PointView, period: float, coach: Coach | None = None) -> Iterator[tuple]:
+    coach = coach or COACH
     viewer = coach.new_viewer(run)
     while True:
         started = time.monotonic()
