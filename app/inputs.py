@@ -32,8 +32,8 @@ SKETCH_SIDE = 512  # drawings are kept at most this large (the canvas is 336 px)
 
 # Known datasets: do they draw light things on a dark background, and how much of the frame does
 # the content fill (MNIST's digits sit in a 20 x 20 box inside 28 x 28)?
-DARK_BACKGROUND = {"mnist": True, "fashion-mnist": True, "emoji": False, "afhq": False}
-CONTENT_FILL = {"mnist": 20 / 28, "fashion-mnist": 26 / 28, "emoji": 30 / 32}
+DARK_BACKGROUND = {"mnist": True, "fashion-mnist": True, "emoji": False, "emoji2": False, "afhq": False}
+CONTENT_FILL = {"mnist": 20 / 28, "fashion-mnist": 26 / 28, "emoji": 30 / 32, "emoji2": 30 / 32}
 
 
 class BadImage(ValueError):

@@ -30,6 +30,9 @@ from tarflow.model import TarFlow
 from tarflow.sampling import SampleSettings, sample
 
 DATASETS = ("mnist", "fashion-mnist", "emoji")  # the bundled models' data
+# Datasets that hold another one's images (emoji2 is emoji plus a second style): not "other data"
+# for a model of the larger one.
+CONTAINS = {"emoji2": ("emoji",)}
 PER_SET = int(os.environ.get("TARFLOW_OOD_PER_SET", "300"))  # images per set
 VERSION = 1  # of the recipe below; a change makes every cached file stale
 OWN = "held-out"  # the name of the model's own held-out set
@@ -122,7 +125,7 @@ def image_sets(model: TarFlow, progress: Progress | None = None) -> tuple[dict[s
     kinds: dict[str, str] = {}
     notes: list[str] = []
     for name in dict.fromkeys((own_name, *DATASETS)):
-        if not name:
+        if not name or name in CONTAINS.get(own_name, ()):
             continue
         try:
             images = _held_out(name, PER_SET)

@@ -138,3 +138,14 @@ def test_a_retrained_model_does_not_read_stale_numbers(tiny_table_env):
         model.blocks[0].proj_out.bias.add_(0.01)
     assert oodcache.fingerprint(model) != key
     assert oodcache.cached(model) is None
+
+
+def test_a_dataset_inside_the_models_own_is_not_called_other_data(tiny_table_env):
+    """emoji2 holds the emoji images: an emoji2 model's view has no "emoji" set of "other" data
+    (it would be its own data, AUROC near 0.5), while an emoji model's view has mnist beside it."""
+    models, _ = tiny_table_env
+    model = load_model(models["tiny-rgb"])
+    model.dataset = "emoji2"
+    sets, kinds, notes = oodcache.image_sets(model)
+    assert "emoji" not in sets and "mnist" in sets and kinds["mnist"] == "dataset"
+    assert any(note.startswith("emoji2: not prepared") for note in notes)

@@ -2,9 +2,12 @@
 
     python tools/bundle.py mnist --run runs/mnist --command "python -m tarflow train --config configs/mnist.json ..."
 
-Copies the run's exported (EMA) model to checkpoints/<name>/, measures held-out bits/dim and
-sample quality (benchmarks/quality.py's judge), draws sample grids with and without denoising,
-and writes README.md with the numbers, the training command, time and hardware.
+Copies the run's exported (EMA) model to checkpoints/<name>/, measures held-out bits/dim,
+sample quality (benchmarks/quality.py's judge) and classification by likelihood on every held-out
+image (written as calibration.json, as benchmarks/classify.py --write does), draws sample grids
+with and without denoising, and writes README.md with the numbers, the training command, time
+and hardware. Afterwards refresh the model's other measured files:
+``python benchmarks/heldout.py --write`` and ``python benchmarks/ood.py --write``.
 """
 
 from __future__ import annotations
@@ -23,15 +26,18 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import quality  # noqa: E402
 
-from tarflow.data import DATASETS, load  # noqa: E402
+from tarflow.calibration import calibrate  # noqa: E402
+from tarflow.data import DATASETS, load, split_name  # noqa: E402
 from tarflow.hub import load_model  # noqa: E402
 from tarflow.images import grid, save_png  # noqa: E402
-from tarflow.likelihood import noise_bits  # noqa: E402
+from tarflow.likelihood import class_log_likelihoods, noise_bits  # noqa: E402
 from tarflow.sampling import SampleSettings, sample  # noqa: E402
 from tarflow.train import TrainConfig, evaluate  # noqa: E402
 
-# Hub licence tags for the bundled data (MNIST: CC BY-SA 3.0; Fashion-MNIST: MIT; Noto emoji: Apache-2.0).
-CARD_LICENCE = {"mnist": "cc-by-sa-3.0", "fashion-mnist": "mit", "emoji": "apache-2.0"}
+# Hub licence tags for the bundled data (MNIST: CC BY-SA 3.0; Fashion-MNIST: MIT; Noto emoji: Apache-2.0;
+# emoji2: Noto Apache-2.0 and Twemoji CC-BY 4.0, named in the card's data section).
+CARD_LICENCE = {"mnist": "cc-by-sa-3.0", "fashion-mnist": "mit", "emoji": "apache-2.0", "emoji2": "other"}
+CARD_LICENCE_NAME = {"emoji2": "apache-2.0-and-cc-by-4.0"}
 
 
 def cpu_name() -> str:
@@ -104,6 +110,11 @@ def main() -> None:
             "blur": (quality.accuracy(judge, quality.blur3(real), real_y[pick]),
                      quality.frechet(quality.features(judge, quality.blur3(real)), f_test))}
 
+    ll = class_log_likelihoods(model, test_x.float() / 127.5 - 1)
+    cal = calibrate(ll, test_y)
+    cal.note = f"{len(test_y)} held-out images of {model.dataset}, clean"
+    cal.save(out)
+
     per_row = 10
     grid_classes = [c for c in range(model.num_classes) for _ in range(per_row)]
     g = sample(model, SampleSettings(num=len(grid_classes), classes=grid_classes, seed=7))
@@ -111,7 +122,7 @@ def main() -> None:
     save_png(grid(g.uint8("raw"), nrow=per_row), out / "samples_raw.png", scale=3)
 
     stats = training_stats(run)
-    spec = DATASETS.get(model.dataset)
+    spec = DATASETS.get(split_name(model.dataset)[0])
     params = sum(x.numel() for x in model.parameters())
     hardware = args.hardware or f"{cpu_name()}, {torch.get_num_threads()}-thread torch, no GPU"
     guidance = model.sampling.get("guidance", 0.0)
@@ -127,16 +138,25 @@ def main() -> None:
     if "held_out_mean_class_accuracy" in judge_meta:  # images it never saw, every class counted alike
         judge_bal = (f" (it has seen those in training); on held-out images its mean per-class accuracy is "
                      f"{judge_meta['held_out_mean_class_accuracy']:.1%}, the fairer ceiling for the samples' score")
+    base = split_name(model.dataset)[0]
+    licence_name = f"\nlicense_name: {CARD_LICENCE_NAME[base]}" if base in CARD_LICENCE_NAME else ""
+    origin = (f"started from the weights of `{cfg.init}` (the earlier bundled model; its training is in git "
+              f"history) and trained further" if cfg.init else "trained from scratch")
+    objective = ("" if not cfg.hybrid else
+                 f"\nObjective: the negative log-likelihood plus {cfg.hybrid:g} x the cross-entropy of Bayes' rule "
+                 f"on {cfg.hybrid_batch} clean training images per step, each scored under every class, classes "
+                 "weighted by the inverse of their share (`hybrid` in `tarflow/train.py`): it rewards the true "
+                 "class's likelihood against the others', the quantity the likelihood classifier reads.")
     card = f"""---
 library_name: tarflow
-license: {CARD_LICENCE.get(model.dataset, "other")}
+license: {CARD_LICENCE.get(base, "other")}{licence_name}
 tags: [normalizing-flow, tarflow, image-generation]
-datasets: [{model.dataset}]
+datasets: [{base}]
 ---
 
 # TarFlow · {args.name}
 
-A class-conditional TarFlow trained from scratch on {model.dataset} ({data.image_size}x{data.image_size},
+A class-conditional TarFlow {origin} on {model.dataset} ({data.image_size}x{data.image_size},
 {data.channels} channel{"s" if data.channels > 1 else ""}, {model.num_classes} classes: {", ".join(model.class_names)}).
 
 ![samples, one row per class, denoised](samples.png)
@@ -167,7 +187,7 @@ Recommended sampling: guidance {guidance} on a and b (class vs. no-class){
 AdamW (betas {tuple(cfg.betas)}, weight decay {cfg.weight_decay}),
 learning rate {cfg.lr} with {cfg.warmup_steps} warm-up steps and a cosine decay, label dropping {cfg.drop_label},
 gradient clipping {cfg.grad_clip}. {stats["minutes"]:.0f} minutes on {hardware}; median
-{stats["images_per_s"]:.0f} training images/s (other work shared the machine).
+{stats["images_per_s"]:.0f} training images/s (other work shared the machine).{objective}
 
 ## Results (held-out images)
 | measure | value |
@@ -195,12 +215,26 @@ The real rows follow the data's class mix, like the held-out images; the samples
 {args.per_class} per class. On class-balanced real training images ({args.per_class} per class, or all of a
 smaller class) the judge is right {balanced_acc:.1%} of the time{judge_bal}.
 
-Reproduce: `python benchmarks/quality.py --model checkpoints/{args.name}{
+Classification by likelihood (Bayes' rule, uniform prior, every class scored) on all {cal.images} held-out
+images, clean:
+
+| measure | value |
+| --- | --- |
+| accuracy | {cal.accuracy:.1%} |
+| balanced accuracy (mean over classes) | {cal.balanced_accuracy:.1%} |
+| expected calibration error, raw posterior | {cal.ece_before:.3f} (mean confidence {cal.mean_confidence_before:.2f}) |
+| after one fitted temperature ({cal.temperature:.3g}, cross-fitted) | {cal.ece_after:.3f} (mean confidence {cal.mean_confidence_after:.2f}) |
+
+The app shows the calibrated posterior and these measured accuracies (`calibration.json`); the margins in
+bits between classes are the honest quantity.
+
+Reproduce: `python benchmarks/classify.py --model checkpoints/{args.name}`,
+`python benchmarks/quality.py --model checkpoints/{args.name}{
  f" --per-class {args.per_class}" if args.per_class != 100 else ""}` and
 `python -m tarflow eval --model checkpoints/{args.name}`.
 """
     (out / "README.md").write_text(card)
-    summary = {"balanced_real": balanced_acc, "bpd": bpd, "denoised": result[True], "raw": result[False],
+    summary = {"classification": cal.__dict__, "balanced_real": balanced_acc, "bpd": bpd, "denoised": result[True], "raw": result[False],
                **yard, "stats": stats}
     print(json.dumps(summary, indent=2, default=str))
 
