@@ -2,7 +2,8 @@
 when the `av` package is installed) and the labelled side-by-side comparison figure.
 
 MP4 is written with PyAV, whose wheel bundles an H.264 encoder (libx264): no system binary. It is
-a tenth of the GIF's size and keeps every colour; slide programs and browsers play both.
+several times smaller than the GIF (164 kB against 1.2 MB for 16 mnist digits) and keeps every
+colour; slide programs and browsers play both.
 """
 
 from __future__ import annotations

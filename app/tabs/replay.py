@@ -83,5 +83,5 @@ def animation(run_id: str, fmt: str = "gif") -> str:
 
 
 def animation_mp4(run_id: str) -> str:
-    """The animation as an H.264 MP4 (a tenth of the GIF's size, every colour kept)."""
+    """The animation as an H.264 MP4 (several times smaller than the GIF, every colour kept)."""
     return animation(run_id, "mp4")
