@@ -212,11 +212,11 @@ def build_demo() -> gr.Blocks:
                             dice = gr.Button("Random", scale=1, min_width=70, size="sm")
                         run = gr.Button("Generate", variant="primary", elem_id="tf-generate")
                         with gr.Row():
-                            stop_btn = gr.Button("Stop", variant="stop", size="sm", scale=0, min_width=70,
+                            stop_btn = gr.Button("Stop", variant="stop", size="sm", scale=0, min_width=60,
                                                  elem_id="tf-stop")
-                            pause_run = gr.Button("Pause", size="sm", scale=0, min_width=70, elem_id="tf-pause")
-                            step_run = gr.Button("Step", size="sm", scale=0, min_width=60, elem_id="tf-step")
-                            resume_run = gr.Button("Resume", size="sm", scale=0, min_width=80, elem_id="tf-resume")
+                            pause_run = gr.Button("Pause", size="sm", scale=0, min_width=62, elem_id="tf-pause")
+                            step_run = gr.Button("Step", size="sm", scale=0, min_width=56, elem_id="tf-step")
+                            resume_run = gr.Button("Resume", size="sm", scale=0, min_width=72, elem_id="tf-resume")
                         eta = gr.Markdown("", elem_classes="tf-note", elem_id="tf-estimate")
                         guidance = gr.Slider(0, generate.MAX_GUIDANCE, value=s["guidance"], step=0.1,
                                              label="Guidance scale w", elem_id="tf-guidance",
