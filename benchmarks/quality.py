@@ -281,6 +281,11 @@ def main() -> None:
     if model.num_classes:  # the samples' class mix (the real rows follow the data's)
         fair = balanced_pick(y_train, args.per_class)
         rows["real, class-balanced"] = (accuracy(judge, to_float(x_train_u8[fair]), y_train[fair]), float("nan"))
+    per_class = {}
+    if model.num_classes:  # which classes the model draws well (the app's default classes come from this)
+        names = data.class_names
+        hits = class_accuracy(predict(judge, gen), judged[out.labels], len(names))
+        per_class = {name: float(h) for name, h in zip(names, hits) if not np.isnan(h)}
     g_used = s.guidance_for(model)
     print(f"model {args.model} on {dataset}: {n} samples at guidance {g_used.scale}, "
           f"prior temperature {s.temperature_for(model):g}, "
@@ -290,11 +295,14 @@ def main() -> None:
     print(f"{'':22s} {'class-consistent':>16s} {'Frechet distance':>17s}")
     for name, (acc, fd) in rows.items():
         print(f"{name:22s} {acc:16.1%} {fd:17.2f}")
+    if per_class:
+        print("samples judged their class, per class: " + ", ".join(f"{k} {v:.0%}" for k, v in per_class.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"model": args.model, "dataset": dataset, "guidance": g_used.scale, "denoise": not args.no_denoise,
              "decode": args.decode, "jacobi_tol": args.jacobi_tol if args.decode == "jacobi" else None,
-             "samples": n, **{k: {"class_consistent": a, "frechet": f} for k, (a, f) in rows.items()}}, indent=2))
+             "num_samples": n, **{k: {"class_consistent": a, "frechet": f} for k, (a, f) in rows.items()},
+             "per_class": per_class}, indent=2))
 
 
 if __name__ == "__main__":
