@@ -30,7 +30,9 @@ def test_bundled_checkpoint(folder):
     T = (cfg["img_size"] // cfg["patch_size"]) ** 2
     assert weights["var"].shape == (T, cfg["in_channels"] * cfg["patch_size"] ** 2)
     assert weights["blocks.0.class_embed"].shape[0] == cfg["num_classes"] == len(cfg["class_names"])
-    assert cfg["noise_std"] > 0 and cfg["sampling"]["guidance"] > 0 and cfg["dataset"] == folder.name
+    # named after its data: the emoji folder's model may be trained on emoji2 (the emoji in a second style too)
+    assert cfg["noise_std"] > 0 and cfg["sampling"]["guidance"] > 0 and cfg["dataset"] in (folder.name,
+                                                                                         f"{folder.name}2")
     classes = [0, cfg["num_classes"] - 1, cfg["class_names"][1]]
     out = sample(model, SampleSettings(num=3, classes=classes, seed=0))
     assert out.images.shape == (3, cfg["in_channels"], cfg["img_size"], cfg["img_size"])
