@@ -65,7 +65,7 @@ def measure(width: int, rows: int, repeat: int, rounds: int = 7) -> list[dict]:
         with torch.inference_mode():
             for _ in range(rounds):
                 for label, fn in ks.items():
-                    times[label].append(_time(lambda fn=fn: fn(x), repeat))
+                    times[label].append(_time(lambda fn=fn, x=x: fn(x), repeat))
         flops = 2 * rows * fan_in * fan_out
         base = statistics.median(times["F.linear"])
         for label, ts in times.items():
