@@ -4,8 +4,8 @@ Screenshots at 1400x900 and 390x844 go to test-artifacts/."""
 
 from __future__ import annotations
 
-import pytest
-from app_server import ROOT, shared_server
+from app_server import ROOT
+from browser_pages import page_at_both_sizes  # noqa: F401 (the page fixture)
 from test_app_browser import ARTIFACTS, TIMEOUT_MS, assert_not_blank, browser, shot  # noqa: F401 (fixture)
 
 EXAMPLE = ROOT / "assets" / "examples" / "mnist-3.png"
@@ -20,22 +20,6 @@ def open_tab(page, name: str, scope=None) -> None:
         return
     scope.get_by_role("button", name="More tabs").first.click()
     page.get_by_role("button", name=name, exact=True).last.click()
-
-
-@pytest.fixture(scope="module", params=[(1400, 900), (390, 844)], ids=["desktop", "phone"])
-def page(request, browser):  # noqa: F811 (the imported fixture is this one's argument)
-    server = shared_server()
-    ARTIFACTS.mkdir(exist_ok=True)
-    width, height = request.param
-    context = browser.new_context(viewport={"width": width, "height": height})
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-    pg.goto(server.url, wait_until="load")
-    pg.get_by_role("tab", name="Generate").wait_for()
-    pg.tag = "desktop" if width > 1000 else "phone"
-    yield pg
-    context.close()
-    assert server.alive(), server.log_tail()
 
 
 def test_likelihood_tab_shows_histograms_marks_an_image_and_refills(page):

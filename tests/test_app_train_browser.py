@@ -6,25 +6,8 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
-from app_server import shared_server
+from browser_pages import page_at_both_sizes  # noqa: F401 (the page fixture)
 from test_app_browser import ARTIFACTS, TIMEOUT_MS, assert_not_blank, browser  # noqa: F401 (fixture)
-
-
-@pytest.fixture(scope="module", params=[(1400, 900), (390, 844)], ids=["desktop", "phone"])
-def page(request, browser):  # noqa: F811 (the imported fixture is this one's argument)
-    server = shared_server()
-    ARTIFACTS.mkdir(exist_ok=True)
-    width, height = request.param
-    context = browser.new_context(viewport={"width": width, "height": height})
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-    pg.goto(server.url, wait_until="load")
-    pg.get_by_role("tab", name="Generate").wait_for()
-    pg.tag = "desktop" if width > 1000 else "phone"
-    yield pg
-    context.close()
-    assert server.alive(), server.log_tail()
 
 
 def open_train_tab(page) -> None:
