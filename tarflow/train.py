@@ -70,6 +70,7 @@ class TrainConfig:
     init: str = ""  # a model folder whose weights start a fresh run (a resumed run ignores it)
     hybrid: float = 0.0  # weight of the classification term (see classification_loss); 0: pure likelihood
     hybrid_batch: int = 16  # clean training images per step scored under every class for that term
+    hybrid_shift: int = 0  # that term's images moved by up to this many pixels (0: as they are)
     # logistics
     out: str = "runs/mnist"
     log_every: int = 25
@@ -160,6 +161,17 @@ def make_batch(cfg: TrainConfig, images: torch.Tensor, labels: torch.Tensor, ste
     y = labels[idx].clone()
     y[torch.rand(len(idx), generator=g) < cfg.drop_label] = -1
     return x, y
+
+
+def random_shift(x: torch.Tensor, max_px: int, g: torch.Generator) -> torch.Tensor:
+    """Each image of x (B, C, H, W) moved by its own random whole-pixel offset of at most ``max_px``
+    in each direction; the pixels uncovered at an edge repeat that edge (the background)."""
+    if max_px <= 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (max_px,) * 4, mode="replicate")
+    offsets = torch.randint(0, 2 * max_px + 1, (len(x), 2), generator=g).tolist()
+    return torch.stack([p[:, dy : dy + h, dx : dx + w] for p, (dy, dx) in zip(padded, offsets)])
 
 
 class EMA:
@@ -450,7 +462,8 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor | None, 
 def classification_loss(run: Run, step: int) -> torch.Tensor:
     """The hybrid objective's discriminative term: the cross-entropy (nats per image) of Bayes'
     rule, p(y | x) proportional to p(x | y), on ``hybrid_batch`` clean training images (the input
-    the likelihood classifier sees), each scored under every class. Classes are weighted by the
+    the likelihood classifier sees; moved by up to ``hybrid_shift`` pixels, so that it cannot just
+    learn the training images by heart), each scored under every class. Classes are weighted by the
     inverse of their share of the training images, so a rare class counts as much as a common one.
     Its gradient pushes the true class's log-likelihood up against the others'; with weight w the
     step's loss is NLL per dimension + w x this / dimensions, i.e. w images' worth of likelihood."""
@@ -458,7 +471,8 @@ def classification_loss(run: Run, step: int) -> torch.Tensor:
     g = _generator(cfg.seed, step, acc.process_index, 11)
     idx = torch.randint(len(run.images), (cfg.hybrid_batch,), generator=g)
     k = run.data.num_classes
-    x = (run.images[idx].float() / 127.5 - 1).to(acc.device).repeat_interleave(k, dim=0)
+    x = random_shift(run.images[idx].float() / 127.5 - 1, cfg.hybrid_shift, g)
+    x = x.to(acc.device).repeat_interleave(k, dim=0)
     classes = torch.arange(k, device=acc.device).repeat(len(idx))
     z, _, logdets = run.model(x, classes)
     z = at_least_fp32(z)

@@ -212,6 +212,64 @@ def test_the_classification_term_is_the_cross_entropy_of_bayes_rule(tiny_dataset
     assert sum(float(p.grad.abs().sum()) for p in run.net.parameters() if p.grad is not None) > 0
 
 
+def test_random_shift_moves_each_image_and_repeats_the_edges():
+    """Against an independent construction: each output is its input moved by some (dy, dx) within
+    the limit, with the uncovered rows and columns copying the nearest edge; the offsets differ
+    between images and cover the whole range."""
+    from tarflow.train import random_shift
+
+    x = torch.arange(2 * 6 * 7, dtype=torch.float64).view(2, 6, 7)
+    batch = x.unsqueeze(0).repeat(64, 1, 1, 1)
+    out = random_shift(batch, 2, torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape
+
+    def moved(img, dy, dx):
+        rows = np.clip(np.arange(6) - dy, 0, 5)
+        cols = np.clip(np.arange(7) - dx, 0, 6)
+        return torch.from_numpy(img.numpy()[:, rows][:, :, cols])
+
+    seen = set()
+    for o in out:
+        hits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if torch.equal(o, moved(x, dy, dx))]
+        assert len(hits) == 1, "every image is its input moved by exactly one offset"
+        seen.add(hits[0])
+    assert len(seen) >= 15  # 25 offsets possible; 64 draws find most of them
+    assert torch.equal(random_shift(batch, 0, torch.Generator()), batch)
+
+
+def test_the_classification_term_scores_shifted_images(tiny_dataset, tmp_path):
+    """With hybrid_shift the term is the cross-entropy on the moved images (the same draw as
+    random_shift from the step's generator), not on the training images as they are."""
+    import copy
+
+    from tarflow.likelihood import class_log_likelihoods
+    from tarflow.train import _generator, classification_loss, random_shift, start_run
+
+    run = start_run(tiny_config(tiny_dataset, tmp_path / "run", hybrid=1.0, hybrid_batch=6, hybrid_shift=2),
+                    quiet=True)
+    torch.manual_seed(0)
+    with torch.no_grad():  # non-zero output layers, so that moving an image changes its score
+        for p in run.net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    run.net.eval()
+    got = classification_loss(run, step=5).item()
+    g = _generator(0, 5, 0, 11)
+    idx = torch.randint(len(run.images), (6,), generator=g)
+    net = copy.deepcopy(run.net).double()
+    counts = torch.bincount(run.labels, minlength=2).double()
+    w = counts.sum() / (2 * counts)
+    labels = run.labels[idx]
+
+    def cross_entropy(x):
+        with torch.no_grad():
+            ll = class_log_likelihoods(net, x)
+        return float((w[labels] * -torch.log_softmax(ll, dim=1)[torch.arange(6), labels]).sum() / w[labels].sum())
+
+    clean = run.images[idx].double() / 127.5 - 1
+    assert got == pytest.approx(cross_entropy(random_shift(clean, 2, g)), rel=1e-4)
+    assert got != pytest.approx(cross_entropy(clean), rel=1e-3)
+
+
 def test_the_hybrid_objective_separates_the_classes(tiny_dataset, tmp_path):
     """With the classification term a short run classifies the images by likelihood better than
     the same run without it; its evaluations log the (balanced) accuracy."""
