@@ -120,6 +120,11 @@ class ImageData:
         parents = self.extra.get(f"{label_set}_category") if label_set else None
         return None if parents is None else np.asarray(parents, dtype=np.int64)
 
+    def class_family(self, k: int) -> list[str]:
+        """Class k's name and, for a finer label set, its coarse class's name too."""
+        parent, coarse = self.class_parent(), self.meta.get("coarse_class_names")
+        return [self.class_names[k]] + ([str(coarse[parent[k]])] if parent is not None and coarse else [])
+
     def split(self, which: str) -> ImageData:
         """The "train", "test" or "all" part; class_names stay complete so labels keep their meaning."""
         if which not in ("train", "test", "all"):
@@ -517,7 +522,7 @@ def _relabel(data: ImageData, label_set: str, path: Path) -> ImageData:
     if label_set not in data.meta.get("label_sets", ()):
         others = ", ".join(data.meta.get("label_sets", ())) or "none"
         raise DataSourceError(f"{path} has no label set {label_set!r} (other label sets than its labels: {others})")
-    meta = data.meta | {"label_set": label_set}
+    meta = data.meta | {"label_set": label_set, "coarse_class_names": data.class_names}
     return ImageData(data.images, data.extra[label_set].astype(np.int64),
                      [str(c) for c in data.extra[f"{label_set}_names"]], data.test_mask,
                      f"{data.name}:{label_set}", meta, data.extra)

@@ -41,7 +41,8 @@ class TrainConfig:
     # data
     dataset: str = "mnist"
     data_dir: str = "data"
-    hflip: bool = False
+    hflip: bool = False  # mirror half the training images left-right...
+    no_flip: tuple[str, ...] = ()  # ...but never these classes (a coarse class covers its fine ones)
     # model
     patch_size: int = 4
     channels: int = 128
@@ -98,8 +99,9 @@ class TrainConfig:
         unknown = sorted(set(raw) - names)
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        if "betas" in raw:
-            raw = {**raw, "betas": tuple(raw["betas"])}
+        for key in ("betas", "no_flip"):
+            if key in raw:
+                raw = {**raw, key: tuple(raw[key])}
         cfg = cls(**raw)
         if cfg.noise not in ("gaussian", "uniform"):
             raise ValueError(f"noise must be 'gaussian' or 'uniform', got {cfg.noise!r}")
@@ -144,8 +146,10 @@ def batch_indices(cfg: TrainConfig, n: int, step: int, rank: int = 0, world: int
 
 
 def make_batch(cfg: TrainConfig, images: torch.Tensor, labels: torch.Tensor, step: int, rank: int = 0,
-               world: int = 1, num_classes: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """uint8 images (N, C, H, W) -> the noisy [-1, 1] batch and labels (dropped ones set to -1)."""
+               world: int = 1, num_classes: int = 0, flippable: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 images (N, C, H, W) -> the noisy [-1, 1] batch and labels (dropped ones set to -1).
+    With hflip, ``flippable`` (a bool per class, see flippable_classes) says whose images may be mirrored."""
     idx = batch_indices(cfg, len(images), step, rank, world)
     g = _generator(cfg.seed, step, rank, 7)
     x = images[idx].float()
@@ -155,6 +159,8 @@ def make_batch(cfg: TrainConfig, images: torch.Tensor, labels: torch.Tensor, ste
         x = (x + torch.rand(x.shape, generator=g)) / 128.0 - 1
     if cfg.hflip:
         flip = torch.rand(len(idx), generator=g) < 0.5
+        if flippable is not None:
+            flip &= flippable[labels[idx]]
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     if not num_classes:
         return x, None
@@ -172,6 +178,18 @@ def random_shift(x: torch.Tensor, max_px: int, g: torch.Generator) -> torch.Tens
     padded = torch.nn.functional.pad(x, (max_px,) * 4, mode="replicate")
     offsets = torch.randint(0, 2 * max_px + 1, (len(x), 2), generator=g).tolist()
     return torch.stack([p[:, dy : dy + h, dx : dx + w] for p, (dy, dx) in zip(padded, offsets)])
+
+
+def flippable_classes(cfg: TrainConfig, data: ImageData) -> torch.Tensor | None:
+    """Per class, whether hflip may mirror its images: all but those named in no_flip (by their own
+    name or, for a finer label set, by their coarse class's). None when nothing is flipped."""
+    if not cfg.hflip:
+        return None
+    families = [data.class_family(k) for k in range(data.num_classes)]
+    unknown = sorted(set(cfg.no_flip) - {n for family in families for n in family})
+    if unknown:
+        raise ValueError(f"no_flip names classes {data.name} does not have: {', '.join(unknown)}")
+    return torch.tensor([not set(family) & set(cfg.no_flip) for family in families], dtype=torch.bool)
 
 
 class EMA:
@@ -298,6 +316,7 @@ class Run:
         self.images, self.labels = self.data.tensors("train")
         test_images, test_labels = self.data.tensors("test")
         self.test_images, self.test_labels = test_images[: self.cfg.eval_images], test_labels[: self.cfg.eval_images]
+        self.flippable = flippable_classes(self.cfg, self.data) if self.data.num_classes else None
 
     @property
     def net(self) -> TarFlow:
@@ -440,7 +459,8 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor | None, 
     """One optimiser step on the batch of ``step`` at its learning rate; returns the loss, the
     gradient norm before clipping (None without clipping) and the images seen by all processes."""
     cfg, acc, net = run.cfg, run.acc, run.net
-    x, y = make_batch(cfg, run.images, run.labels, step, acc.process_index, acc.num_processes, run.data.num_classes)
+    x, y = make_batch(cfg, run.images, run.labels, step, acc.process_index, acc.num_processes, run.data.num_classes,
+                      run.flippable)
     x = x.to(acc.device)
     y = y.to(acc.device) if y is not None else None
     for group in run.optimizer.param_groups:

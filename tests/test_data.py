@@ -321,6 +321,9 @@ def test_subcategories_map_to_one_category_and_load_as_labels(tmp_path):
     np.testing.assert_array_equal(test.extra["base"], d.extra["base"][d.test_mask])
     assert list(test.extra["subcategory_names"]) == names
     np.testing.assert_array_equal(cat_of[test.labels], d.labels[d.test_mask])
+    for k in range(sub.num_classes):  # each subcategory knows its category's name
+        assert sub.class_family(k) == [names[k], d.class_names[cat_of[k]]]
+    assert d.class_family(0) == [d.class_names[0]]
     with pytest.raises(DataSourceError, match="no label set 'colour'.*subcategory"):
         load("emoji2:colour", tmp_path / "out")
     with pytest.raises(DataSourceError, match="prepare-data emoji2 --out"):

@@ -303,6 +303,35 @@ def test_a_run_can_start_from_another_models_weights(tiny_dataset, tmp_path):
         start_run(tiny_config(tiny_dataset, tmp_path / "third", init=str(first), channels=16), quiet=True)
 
 
+def test_hflip_mirrors_about_half_and_never_the_classes_it_must_not():
+    """Left-right mirroring with no_flip: images of an excluded class are never mirrored (named
+    directly, or through their coarse class for a finer label set); the others about half the time."""
+    from tarflow.data import ImageData
+    from tarflow.train import flippable_classes
+
+    # toy data: 4 fine classes under 2 coarse ones ("letters" must not be mirrored)
+    data = ImageData(np.zeros((4, 4, 4, 1), np.uint8), np.arange(4), ["cat", "dog", "A", "B"], np.zeros(4, bool),
+                     "toy:sub", {"label_set": "sub", "coarse_class_names": ["animals", "letters"]},
+                     {"sub_category": np.array([0, 0, 1, 1])})
+    cfg = TrainConfig(batch_size=400, hflip=True, noise_std=0.0, drop_label=0.0, no_flip=("letters",))
+    assert flippable_classes(cfg, data).tolist() == [True, True, False, False]
+    assert flippable_classes(dataclasses.replace(cfg, no_flip=("dog",)), data).tolist() == [True, False, True, True]
+    assert flippable_classes(dataclasses.replace(cfg, hflip=False), data) is None
+    with pytest.raises(ValueError, match="does not have: fish"):
+        flippable_classes(dataclasses.replace(cfg, no_flip=("fish",)), data)
+
+    left = torch.zeros(1, 1, 4, 4, dtype=torch.uint8)
+    left[..., 0] = 255  # a bright left column: mirrored, it is on the right
+    images, labels = left.repeat(400, 1, 1, 1), torch.arange(400) % 4
+    x, y = make_batch(cfg, images, labels, 0, num_classes=4, flippable=flippable_classes(cfg, data))
+    mirrored = x[:, 0, 0, -1] > 0
+    assert not mirrored[y >= 2].any()
+    assert 0.35 < mirrored[y < 2].float().mean() < 0.65
+    assert torch.equal(x[~mirrored], images[~mirrored].float() / 127.5 - 1)
+    assert torch.equal(x[mirrored], images[mirrored].flip(-1).float() / 127.5 - 1)
+    assert TrainConfig.from_dict({"no_flip": ["Symbols", "Flags"]}).no_flip == ("Symbols", "Flags")
+
+
 def test_finer_classes_start_at_their_coarse_class(tmp_path):
     """A model with 3 categories starts a 5-subcategory model: each subcategory's embedding is a
     copy of its category's; everything else is copied as is."""
