@@ -2,9 +2,11 @@
 
 The time comes from the cost of one token step measured on this device for this model and this
 number of images (a few steps of the first block, once per model, device and batch size, then
-cached), times the steps a sample takes. A whole sample is the same token step repeated, so the
-estimate is good to the growth of attention with the sequence (a few percent at the bundled sizes,
-about 10% at 1024 tokens and width 768). The same measure sets how many tokens the sampler
+cached), times the steps a sample takes, or the frames the page is shown at their pace, whichever
+is longer. A whole sample is the same token step repeated, so the token part is good to the growth
+of attention with the sequence (a few percent at the bundled sizes, about 10% at 1024 tokens and
+width 768); denoising and drawing are left out. Once a Generate of that model and batch has run
+here, its own time is the estimate. The same measure sets how many tokens the sampler
 inverts between checks of the Stop button, so that it answers within about STOP_WITHIN seconds.
 """
 
@@ -28,6 +30,8 @@ MEMORY_HEADROOM = 1.25  # what sampling needs besides the weights, times this, m
 _lock = threading.Lock()
 # model -> {(device, dtype, rows): seconds per token step}; an unloaded model takes its entries along
 _measured: weakref.WeakKeyDictionary[TarFlow, dict[tuple, float]] = weakref.WeakKeyDictionary()
+# model -> {(device, dtype, rows): seconds the last whole Generate of that batch took}
+_observed: weakref.WeakKeyDictionary[TarFlow, dict[tuple, float]] = weakref.WeakKeyDictionary()
 
 
 def _key(model: TarFlow, rows: int) -> tuple:
@@ -68,6 +72,26 @@ def step_seconds(model: TarFlow, images: int, guided: bool = True) -> float:
 def sample_seconds(model: TarFlow, images: int, guided: bool = True) -> float:
     """Estimated seconds to invert a batch (every block, every token)."""
     return step_seconds(model, images, guided) * model.num_blocks * (model.num_tokens - 1)
+
+
+def observe(model: TarFlow, images: int, guided: bool, seconds: float) -> None:
+    """Record how long a whole Generate of ``images`` images took here (start to finished page),
+    so the next estimate for the same model and batch can say it."""
+    with _lock:
+        _observed.setdefault(model, {})[_key(model, images * (2 if guided else 1))] = seconds
+
+
+def observed_seconds(model: TarFlow, images: int, guided: bool = True) -> float | None:
+    """The last recorded whole Generate of this model and batch on this device, or None."""
+    with _lock:
+        return _observed.get(model, {}).get(_key(model, images * (2 if guided else 1)))
+
+
+def paced_seconds(model: TarFlow, images: int, guided: bool, frames: int, interval: float) -> float:
+    """Inverting while showing ``frames`` frames no faster than one per ``interval`` s: each frame
+    costs its share of the token steps or the interval, whichever is longer."""
+    compute = sample_seconds(model, images, guided)
+    return max(1, frames) * max(compute / max(1, frames), interval)
 
 
 def stop_every(model: TarFlow, images: int, guided: bool = True) -> int:

@@ -131,6 +131,7 @@ class Job:
         # deadline (a paused job still holds a worker, so the deadline keeps counting).
         self._gate = threading.Condition()
         self._paused = False
+        self.was_paused = False  # ever, in this run (its time then says nothing about the next one)
         self._steps = 0
         self._paused_since: float | None = None
         self._pause_expired = False
@@ -172,7 +173,7 @@ class Job:
 
     def pause(self) -> None:
         with self._gate:
-            self._paused, self._steps = True, 0
+            self._paused, self._steps, self.was_paused = True, 0, True
 
     def resume(self) -> None:
         with self._gate:
@@ -182,7 +183,7 @@ class Job:
     def step(self) -> None:
         """Go on to the next frame, then pause (pauses a running job after its next frame)."""
         with self._gate:
-            self._paused = True
+            self._paused = self.was_paused = True
             self._steps += 1
             self._gate.notify_all()
 

@@ -60,6 +60,39 @@ def test_estimate_note_for_a_listed_model(tiny):
     assert generate.estimate_note("no-such-model", 6) == ""
 
 
+def test_paced_time_is_the_longer_of_the_token_steps_and_the_frames(monkeypatch):
+    model = make_model(num_classes=3)
+    monkeypatch.setattr(estimate, "sample_seconds", lambda *a, **k: 10.0)
+    assert estimate.paced_seconds(model, 4, True, 20, 0.03) == pytest.approx(10.0)  # compute-bound
+    assert estimate.paced_seconds(model, 4, True, 20, 1.0) == pytest.approx(20.0)  # one frame a second
+
+
+def test_estimate_counts_the_shown_frames_then_says_the_last_runs_time(tiny, monkeypatch):
+    """Before a run: the token steps or the streamed frames at their pace, whichever is longer.
+    After a finished plain run of the same model and batch: that run's own time. Slow-motion runs
+    do not count."""
+    monkeypatch.setattr(generate, "FRAME_INTERVAL", 0.25)
+    model = models.MODELS.get("tiny-cond")
+    frames = generate.shown_frames(model)
+    assert frames >= model.num_blocks * 2
+    note = generate.estimate_note("tiny-cond", 5, 1.0)
+    assert f"shown as {frames} frames at most 4 a second" in note
+    assert estimate.paced_seconds(model, 5, True, frames, 0.25) >= 0.25 * frames
+    monkeypatch.setattr(generate, "FRAME_INTERVAL", 0.0)
+    args = dict(model_key="tiny-cond", classes=["star"], num=5, seed=0, guidance=1.0, kind="class", attn_temp=1.0,
+                annealed=False, guide_what="ab", temperature=1.0, denoise=True, sigma=0.1)
+    start = time.perf_counter()
+    assert list(generate.generate(**args, slow=False, progress=noop))[-1][1].startswith("**Done**")
+    took = time.perf_counter() - start
+    seen = estimate.observed_seconds(model, 5, True)
+    assert seen is not None and 0 < seen <= took
+    assert f"the last such run here took {seen:.1f} s" in generate.estimate_note("tiny-cond", 5, 1.0)
+    assert estimate.observed_seconds(model, 4, True) is None  # another batch size: not measured yet
+    monkeypatch.setattr(generate, "SLOW_INTERVAL", 0.0)
+    list(generate.generate(**args, slow=True, progress=noop))
+    assert estimate.observed_seconds(model, 5, True) == seen
+
+
 def test_stop_button_ends_the_running_generate(tiny, monkeypatch):
     """Stop from the same session cancels the job: the stream's next update says so and it ends."""
     monkeypatch.setattr(estimate, "STOP_WITHIN", 1e-6)  # hand back control after every token

@@ -139,6 +139,7 @@ def _generate(model_key: str, classes: Any, num: Any, seed: Any, guidance: Any, 
     if short:
         raise limits.WorkLimit(short)
     limits.track(job, session)
+    sampling = time.perf_counter()
     try:
         samples = yield from _stream(model, settings, run, SLOW_INTERVAL if slow else FRAME_INTERVAL, started,
                                      progress, job)
@@ -152,6 +153,8 @@ def _generate(model_key: str, classes: Any, num: Any, seed: Any, guidance: Any, 
     _warn_if_off(model, run, settings)
     progress(1.0, desc="denoising and drawing")
     yield _results(model, settings, run, kind == KIND_CLASS, started)
+    if not (slow or job.was_paused or settings.decode == "jacobi"):  # a run like the estimate's
+        estimate.observe(model, settings.num, settings.guidance_for(model).active, time.perf_counter() - sampling)
 
 
 def record_every(model: TarFlow, num: int) -> int:
@@ -174,7 +177,7 @@ def _stream(model: TarFlow, settings: SampleSettings, run: Run, interval: float,
     every = estimate.stop_every(model, settings.num, settings.guidance_for(model).active)
     if settings.decode != "jacobi":
         every = min(recorded, every)
-    shown_every = max(1, math.ceil(model.num_tokens / FRAMES_PER_BLOCK))
+    shown_every = shown_tokens(model)
     cap = max(MAX_FRAMES, model.num_blocks + 1)
     last, last_bucket, last_recorded, first = 0.0, None, None, True
     try:
@@ -221,6 +224,16 @@ def _stream(model: TarFlow, settings: SampleSettings, run: Run, interval: float,
     raise RuntimeError("the sampler stopped without returning its samples")
 
 
+def shown_tokens(model: TarFlow) -> int:
+    """Tokens between two streamed updates of the page (FRAMES_PER_BLOCK or so per block)."""
+    return max(1, math.ceil(model.num_tokens / FRAMES_PER_BLOCK))
+
+
+def shown_frames(model: TarFlow) -> int:
+    """Streamed updates of a whole run: the frames inside each block and each block's end."""
+    return model.num_blocks * (math.ceil(model.num_tokens / shown_tokens(model)) + 1)
+
+
 def _done_share(item: Any, model: TarFlow) -> float:
     """Share of the token steps of a sample done at this frame."""
     return ((item.stage - 1) * item.num_tokens + item.tokens) / (model.num_blocks * item.num_tokens)
@@ -241,11 +254,19 @@ def estimate_note(model_key: str, num: Any, guidance: Any = 1.0) -> str:
     except gr.Error:
         return ""
     guided = float(guidance or 0) > 0
-    seconds = estimate.sample_seconds(model, n, guided)
     device = next(model.parameters()).device.type.upper()
-    note = (f"Estimated on this {device}: {estimate.duration(seconds)} for {n} image{'s' if n != 1 else ''} "
-            f"({estimate.step_seconds(model, n, guided) * 1e3:.1f} ms per token step, "
-            f"{model.num_blocks} x {model.num_tokens - 1} steps)")
+    images = f"{n} image{'s' if n != 1 else ''}"
+    seen = estimate.observed_seconds(model, n, guided)
+    if seen is not None:
+        note = (f"Estimated on this {device}: {estimate.duration(seen)} for {images} "
+                f"(the last such run here took {seen:.1f} s)")
+    else:
+        frames = shown_frames(model)
+        seconds = estimate.paced_seconds(model, n, guided, frames, FRAME_INTERVAL)
+        note = (f"Estimated on this {device}: {estimate.duration(seconds)} for {images} "
+                f"({estimate.step_seconds(model, n, guided) * 1e3:.1f} ms per token step, "
+                f"{model.num_blocks} x {model.num_tokens - 1} steps, shown as {frames} frames "
+                f"at most {1 / FRAME_INTERVAL:.0f} a second)")
     short = estimate.memory_problem(model, n, guided)
     return note + (f" · {short}" if short else "")
 
