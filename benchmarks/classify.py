@@ -2,6 +2,7 @@
 
     python benchmarks/classify.py --model checkpoints/mnist                  # clean images
     python benchmarks/classify.py --model checkpoints/mnist --draws 4        # mean over 4 noisy copies
+    python benchmarks/classify.py --model checkpoints/mnist --shifts 1       # mean over it and 4 one-pixel moves
     python benchmarks/classify.py --model checkpoints/mnist --draws 4 --write   # store calibration.json
 
 Each held-out image is scored under every class, p(y | x) follows by Bayes' rule with a uniform
@@ -25,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from tarflow import data  # noqa: E402
-from tarflow.calibration import calibrate, noisy_class_log_likelihoods  # noqa: E402
+from tarflow.calibration import calibrate, noisy_class_log_likelihoods, shift_offsets  # noqa: E402
 from tarflow.hub import load_model  # noqa: E402
 
 
@@ -42,12 +43,23 @@ def held_out(model, dataset: str, data_dir: str, limit: int) -> tuple[torch.Tens
     return images.float() / 127.5 - 1, labels
 
 
+def scoring_note(model, draws: int, shifts: int) -> str:
+    """How each image was scored, for the note stored with the calibration."""
+    parts = [f"{draws} noisy copies (sigma {model.noise_std})"] if draws else []
+    if shifts:
+        views = len(shift_offsets(shifts))
+        parts.append(f"the image and its {views - 1} moves by up to {shifts} pixel{'s' if shifts > 1 else ''}")
+    return ", each scored as the mean over " + " x ".join(parts) if parts else ", clean"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--dataset", default=None, help="default: the model's dataset")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--draws", type=int, default=0, help="noisy copies per image (0: the clean image)")
+    p.add_argument("--shifts", type=int, default=0,
+                   help="also score the image moved by up to this many pixels (|dy|+|dx|) and take the mean")
     p.add_argument("--limit", type=int, default=0, help="at most this many held-out images, class-balanced")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", action="store_true", help="store calibration.json in the model folder")
@@ -56,12 +68,11 @@ def main() -> None:
     model = load_model(args.model).eval()
     x, y = held_out(model, args.dataset or model.dataset, args.data_dir, args.limit)
     start = time.perf_counter()
-    ll = noisy_class_log_likelihoods(model, x, draws=args.draws)
+    ll = noisy_class_log_likelihoods(model, x, draws=args.draws, shifts=args.shifts)
     seconds = time.perf_counter() - start
-    cal = calibrate(ll, y, noise_draws=args.draws)
-    cal.note = f"{len(y)} held-out images of {args.dataset or model.dataset}" + (
-        f", each scored as the mean over {args.draws} noisy copies (sigma {model.noise_std})" if args.draws else
-        ", clean")
+    cal = calibrate(ll, y, noise_draws=args.draws, shifts=args.shifts)
+    cal.note = f"{len(y)} held-out images of {args.dataset or model.dataset}" + scoring_note(model, args.draws,
+                                                                                           args.shifts)
     print(json.dumps({**asdict(cal), "seconds": round(seconds, 1)}, indent=2))
     if args.write:
         print("wrote", cal.save(args.model))

@@ -24,23 +24,58 @@ from tarflow.model import TarFlow
 CALIBRATION_FILE = "calibration.json"
 
 
+def shift_offsets(shifts: int) -> list[tuple[int, int]]:
+    """The moves (dy, dx) of at most ``shifts`` pixels in all (|dy| + |dx|), no move first:
+    1 -> the image and its four one-pixel moves."""
+    moves = [(dy, dx) for dy in range(-shifts, shifts + 1) for dx in range(-shifts, shifts + 1)
+             if 0 < abs(dy) + abs(dx) <= shifts]
+    return [(0, 0), *moves]
+
+
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """x (B, C, H, W) moved down dy and right dx pixels; the uncovered edge repeats (the background)."""
+    if dy == dx == 0:
+        return x
+    p = max(abs(dy), abs(dx))
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (p, p, p, p), mode="replicate")
+    return padded[..., p - dy : p - dy + h, p - dx : p - dx + w]
+
+
 @torch.no_grad()
 def noisy_class_log_likelihoods(model: TarFlow, x: torch.Tensor, draws: int = 0, seed: int = 0,
-                                batch_size: int = 256) -> torch.Tensor:
+                                batch_size: int = 256, shifts: int = 0) -> torch.Tensor:
     """log p(x | y) for every class (B, K) in nats; with ``draws`` > 0, the mean over that many
-    copies of x with the model's training noise (sigma = model.noise_std) added.
+    copies of x with the model's training noise (sigma = model.noise_std) added; with ``shifts``
+    > 0, the mean over x and its moves by up to that many pixels (shift_offsets), each scored
+    (and noised) alike.
 
     A model trained on noisy images puts its density on a shell around the data; clean images sit
-    off it. Scoring noisy copies asks the question the model was trained to answer.
+    off it. Scoring noisy copies asks the question the model was trained to answer. Scoring moved
+    copies asks it of a few images near x, so one quirk of x's exact position counts for less: a
+    mean of log-likelihoods is the log of their product, Bayes' rule applied to all the copies.
     """
-    if draws <= 0 or model.noise_std <= 0:
+    offsets = shift_offsets(shifts) if shifts > 0 else [(0, 0)]
+    noisy = draws > 0 and model.noise_std > 0
+    if not noisy and len(offsets) == 1:
         return class_log_likelihoods(model, x, batch_size)
     g = torch.Generator(device="cpu").manual_seed(seed)
     total = torch.zeros(x.shape[0], model.num_classes, dtype=torch.float64)
-    for _ in range(draws):
-        noise = torch.randn(x.shape, generator=g, dtype=torch.float32).to(x.device, x.dtype)
-        total += class_log_likelihoods(model, x + model.noise_std * noise, batch_size).double().cpu()
-    return (total / draws).to(torch.float32)
+    for dy, dx in offsets:
+        view = shifted(x, dy, dx)
+        for _ in range(draws if noisy else 1):
+            if noisy:
+                noise = torch.randn(x.shape, generator=g, dtype=torch.float32).to(x.device, x.dtype)
+                view_in = view + model.noise_std * noise
+            else:
+                view_in = view
+            total += class_log_likelihoods(model, view_in, batch_size).double().cpu()
+    return (total / (len(offsets) * (draws if noisy else 1))).to(torch.float32)
+
+
+def views_per_image(draws: int = 0, shifts: int = 0) -> int:
+    """How many times noisy_class_log_likelihoods scores each image under each class."""
+    return max(1, draws) * len(shift_offsets(shifts) if shifts > 0 else [(0, 0)])
 
 
 def posterior(log_likelihoods: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -125,6 +160,7 @@ class Calibration:
     images: int
     noise_draws: int
     note: str = ""
+    shifts: int = 0  # each image scored as the mean over it and its moves by up to this many pixels
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CALIBRATION_FILE
@@ -142,7 +178,8 @@ class Calibration:
             return None
 
 
-def calibrate(log_likelihoods: torch.Tensor, labels: torch.Tensor, noise_draws: int = 0) -> Calibration:
+def calibrate(log_likelihoods: torch.Tensor, labels: torch.Tensor, noise_draws: int = 0,
+              shifts: int = 0) -> Calibration:
     """Fit the temperature and measure before/after; the ECE "after" is cross-fitted (each half of
     the images is scored with the temperature fitted on the other half), so it is not flattered by
     fitting and scoring on the same images."""
@@ -164,4 +201,5 @@ def calibrate(log_likelihoods: torch.Tensor, labels: torch.Tensor, noise_draws: 
         mean_confidence_after=float(cross.max(dim=1).values.mean()),
         images=n,
         noise_draws=noise_draws,
+        shifts=shifts,
     )

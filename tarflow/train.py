@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from tarflow.calibration import accuracy, balanced_accuracy
+from tarflow.calibration import accuracy, balanced_accuracy, shifted
 from tarflow.data import ImageData, load
 from tarflow.images import grid, save_png
 from tarflow.likelihood import bits_per_dim, class_log_likelihoods, log_prob, to_bits_per_dim
@@ -174,10 +174,8 @@ def random_shift(x: torch.Tensor, max_px: int, g: torch.Generator) -> torch.Tens
     in each direction; the pixels uncovered at an edge repeat that edge (the background)."""
     if max_px <= 0:
         return x
-    h, w = x.shape[-2:]
-    padded = torch.nn.functional.pad(x, (max_px,) * 4, mode="replicate")
-    offsets = torch.randint(0, 2 * max_px + 1, (len(x), 2), generator=g).tolist()
-    return torch.stack([p[:, dy : dy + h, dx : dx + w] for p, (dy, dx) in zip(padded, offsets)])
+    offsets = (max_px - torch.randint(0, 2 * max_px + 1, (len(x), 2), generator=g)).tolist()
+    return torch.cat([shifted(image[None], dy, dx) for image, (dy, dx) in zip(x, offsets)])
 
 
 def flippable_classes(cfg: TrainConfig, data: ImageData) -> torch.Tensor | None:

@@ -89,6 +89,27 @@ def test_the_posterior_is_calibrated_with_the_stored_temperature_and_says_how_of
     assert f"{float(behind):.1f} bits behind" in caption
 
 
+def test_a_calibration_measured_on_moved_copies_is_applied_the_same_way(measured):
+    """calibration.json with shifts=1: the app scores the image as the mean over it and its four
+    one-pixel moves (what the stated accuracy was measured on) and says so."""
+    from tarflow.calibration import shift_offsets, shifted
+
+    cal = Calibration.load(measured)
+    cal.shifts = 1
+    cal.save(measured)
+    caption = invert.invert("tiny-cond", str(EXAMPLES / "mnist-3.png"), "auto", "float32", False, progress=noop)[8]
+    model = models.MODELS.get("tiny-cond")
+    x = to_model(load_fitted(EXAMPLES / "mnist-3.png", 8, 1, "tiny").array, model)
+    with torch.no_grad():
+        ll = torch.stack([class_log_likelihoods(model, shifted(x, dy, dx))[0].double()
+                          for dy, dx in shift_offsets(1)]).mean(0)
+    calibrated = torch.softmax(ll / 7.0, 0)
+    best = int(calibrated.argmax())
+    assert f"Most likely: **{TINY_CLASSES[best]}**" in caption
+    assert f"Shown: {float(calibrated[best]):.1%}, calibrated" in caption
+    assert "mean log-likelihood of the image and its 4 copies moved by up to 1 pixel" in caption
+
+
 def test_without_a_calibration_the_caption_says_so(tiny):
     caption = invert.invert("tiny-cond", str(EXAMPLES / "mnist-3.png"), "auto", "float32", False, progress=noop)[8]
     assert "Not calibrated" in caption and "margins in bits" in caption

@@ -25,8 +25,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import quality  # noqa: E402
+from classify import scoring_note  # noqa: E402
 
-from tarflow.calibration import calibrate  # noqa: E402
+from tarflow.calibration import (  # noqa: E402
+    accuracy,
+    balanced_accuracy,
+    calibrate,
+    noisy_class_log_likelihoods,
+    shift_offsets,
+)
 from tarflow.data import DATASETS, load, split_name  # noqa: E402
 from tarflow.hub import load_model  # noqa: E402
 from tarflow.images import grid, save_png  # noqa: E402
@@ -72,6 +79,9 @@ def main() -> None:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--skip-raw", action="store_true",
                    help="judge only the denoised samples (half the sampling time; the raw row says so)")
+    p.add_argument("--shifts", type=int, default=0,
+                   help="classify by the mean log-likelihood over each image and its moves by up to this many "
+                        "pixels (benchmarks/classify.py --shifts); the card also gives the image-alone accuracy")
     p.add_argument("--half", action="store_true",
                    help="store the weights in float16 (half the size; loaded and run in float32)")
     args = p.parse_args()
@@ -114,10 +124,12 @@ def main() -> None:
                      quality.frechet(quality.features(judge, quality.blur3(real)), f_test))}
 
     with torch.no_grad():  # every class of every held-out image: no graph kept (it would hold GBs)
-        ll = class_log_likelihoods(model, test_x.float() / 127.5 - 1)
-    cal = calibrate(ll, test_y)
-    cal.note = f"{len(test_y)} held-out images of {model.dataset}, clean"
+        single = class_log_likelihoods(model, test_x.float() / 127.5 - 1)
+        ll = noisy_class_log_likelihoods(model, test_x.float() / 127.5 - 1, shifts=args.shifts)
+    cal = calibrate(ll, test_y, shifts=args.shifts)
+    cal.note = f"{len(test_y)} held-out images of {model.dataset}" + scoring_note(model, 0, args.shifts)
     cal.save(out)
+    single_view = (accuracy(single, test_y), balanced_accuracy(single, test_y))
 
     per_row = 10
     grid_classes = [c for c in range(model.num_classes) for _ in range(per_row)]
@@ -151,6 +163,12 @@ def main() -> None:
                  f"on {cfg.hybrid_batch} clean training images per step, each scored under every class, classes "
                  "weighted by the inverse of their share (`hybrid` in `tarflow/train.py`): it rewards the true "
                  "class's likelihood against the others', the quantity the likelihood classifier reads.")
+    scored_as = (f", each scored as the mean log-likelihood over the image and its "
+                 f"{len(shift_offsets(args.shifts)) - 1} moves by up to {args.shifts} "
+                 f"pixel{'s' if args.shifts > 1 else ''} (edges repeated)") if args.shifts else ""
+    single_row = (f"\n| the image alone (no moved copies): accuracy / balanced | {single_view[0]:.1%} / "
+                  f"{single_view[1]:.1%} |") if args.shifts else ""
+    shift_arg = f" --shifts {args.shifts}" if args.shifts else ""
     raw_row = ("not measured | (bundled with --skip-raw)" if args.skip_raw
                else f"{result[False][0]:.1%} | {result[False][1]:.2f}")
     card = f"""---
@@ -222,12 +240,12 @@ The real rows follow the data's class mix, like the held-out images; the samples
 smaller class) the judge is right {balanced_acc:.1%} of the time{judge_bal}.
 
 Classification by likelihood (Bayes' rule, uniform prior, every class scored) on all {cal.images} held-out
-images, clean:
+images, clean{scored_as}:
 
 | measure | value |
 | --- | --- |
 | accuracy | {cal.accuracy:.1%} |
-| balanced accuracy (mean over classes) | {cal.balanced_accuracy:.1%} |
+| balanced accuracy (mean over classes) | {cal.balanced_accuracy:.1%} |{single_row}
 | expected calibration error, raw posterior | {cal.ece_before:.3f} (mean confidence {cal.mean_confidence_before:.2f}) |
 | after one fitted temperature ({cal.temperature:.3g}, cross-fitted) | {cal.ece_after:.3f} (mean confidence {
     cal.mean_confidence_after:.2f}) |
@@ -235,7 +253,7 @@ images, clean:
 The app shows the calibrated posterior and these measured accuracies (`calibration.json`); the margins in
 bits between classes are the honest quantity.
 
-Reproduce: `python benchmarks/classify.py --model checkpoints/{args.name}`,
+Reproduce: `python benchmarks/classify.py --model checkpoints/{args.name}{shift_arg}`,
 `python benchmarks/quality.py --model checkpoints/{args.name}{
  f" --per-class {args.per_class}" if args.per_class != 100 else ""}` and
 `python -m tarflow eval --model checkpoints/{args.name}`.

@@ -14,7 +14,7 @@ from app import captions, checks, limits, render, storage
 from app.checks import AUTO
 from app.inputs import BadImage, Fitted, sketch_to_image, to_model
 from app.models import model_folder, pick_device
-from tarflow.calibration import Calibration, margins_bits, noisy_class_log_likelihoods, posterior
+from tarflow.calibration import Calibration, margins_bits, noisy_class_log_likelihoods, posterior, views_per_image
 from tarflow.heldout import HeldOutRange, image_bits_per_dim
 from tarflow.likelihood import nll_map
 from tarflow.model import TarFlow
@@ -48,7 +48,8 @@ def invert(model_key: str, image: str | None, condition: str = AUTO, precision: 
     folder = model_folder(model_key)
     cal = Calibration.load(folder) if folder else None
     scored = model32.num_classes if 0 < model32.num_classes <= MAX_CLASSIFY else 0
-    job = limits.invert_job(model32, dtype == torch.float64, scored * max(1, cal.noise_draws if cal else 0),
+    views = views_per_image(cal.noise_draws, cal.shifts) if cal else 1
+    job = limits.invert_job(model32, dtype == torch.float64, scored * views,
                             pick_device().type).check()
     scores = _class_scores(model32, to_model(fitted.array, model32), cal)
     if cond == AUTO:
@@ -94,12 +95,13 @@ def _input(model: TarFlow, fitted: Fitted, add_noise: bool) -> tuple[torch.Tenso
 
 
 def _class_scores(model: TarFlow, x: torch.Tensor, cal: Calibration | None) -> np.ndarray | None:
-    """log p(x | y) for every class, in nats, scored as the calibration was (its noise draws); None
+    """log p(x | y) for every class, in nats, scored as the calibration was (its noise draws and
+    moved copies); None
     when there are no classes, or too many to score here."""
     if not model.num_classes or model.num_classes > MAX_CLASSIFY:
         return None
-    draws = cal.noise_draws if cal else 0
-    return noisy_class_log_likelihoods(model, x, draws=draws)[0].double().cpu().numpy()
+    draws, shifts = (cal.noise_draws, cal.shifts) if cal else (0, 0)
+    return noisy_class_log_likelihoods(model, x, draws=draws, shifts=shifts)[0].double().cpu().numpy()
 
 
 def _typicality(model: TarFlow, fitted: Fitted, folder: Path | None) -> tuple[str, bool]:
