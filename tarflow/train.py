@@ -43,6 +43,7 @@ class TrainConfig:
     data_dir: str = "data"
     hflip: bool = False  # mirror half the training images left-right...
     no_flip: tuple[str, ...] = ()  # ...but never these classes (a coarse class covers its fine ones)
+    shift: int = 0  # move each training image by up to this many pixels (edges repeated); 0: as they are
     # model
     patch_size: int = 4
     channels: int = 128
@@ -152,7 +153,7 @@ def make_batch(cfg: TrainConfig, images: torch.Tensor, labels: torch.Tensor, ste
     With hflip, ``flippable`` (a bool per class, see flippable_classes) says whose images may be mirrored."""
     idx = batch_indices(cfg, len(images), step, rank, world)
     g = _generator(cfg.seed, step, rank, 7)
-    x = images[idx].float()
+    x = random_shift(images[idx].float(), cfg.shift, _generator(cfg.seed, step, rank, 13))
     if cfg.noise == "gaussian":
         x = x / 127.5 - 1 + cfg.noise_std * torch.randn(x.shape, generator=g)
     else:

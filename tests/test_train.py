@@ -332,6 +332,29 @@ def test_hflip_mirrors_about_half_and_never_the_classes_it_must_not():
     assert TrainConfig.from_dict({"no_flip": ["Symbols", "Flags"]}).no_flip == ("Symbols", "Flags")
 
 
+def test_shift_moves_each_training_image_by_at_most_the_limit_and_leaves_the_rest_of_the_batch():
+    """make_batch with shift: every image is its own input moved by at most 1 pixel each way (edges
+    repeated), most are moved, and the noise and label draws are those of the run without it."""
+    from tarflow.calibration import shifted
+
+    images = torch.randint(0, 256, (64, 1, 6, 6), dtype=torch.uint8)
+    labels = torch.arange(64) % 4
+    plain_cfg = TrainConfig(batch_size=64, noise_std=0.0, drop_label=0.3)
+    cfg = dataclasses.replace(plain_cfg, shift=1)
+    x, y = make_batch(cfg, images, labels, 2, num_classes=4)
+    x0, y0 = make_batch(plain_cfg, images, labels, 2, num_classes=4)
+    assert torch.equal(y, y0)
+    idx = batch_indices(cfg, 64, 2)
+    moved = 0
+    for out, plain, source in zip(x, x0, images[idx].float() / 127.5 - 1):
+        assert torch.equal(plain, source)
+        hits = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                if torch.equal(out, shifted(source[None], dy, dx)[0])]
+        assert hits, "each image is its input moved by at most one pixel"
+        moved += (0, 0) not in hits
+    assert moved > 32  # 8 of the 9 offsets move the image
+
+
 def test_finer_classes_start_at_their_coarse_class(tmp_path):
     """A model with 3 categories starts a 5-subcategory model: each subcategory's embedding is a
     copy of its category's; everything else is copied as is."""
