@@ -2,7 +2,7 @@
 
     python benchmarks/classify.py --model checkpoints/mnist                  # clean images
     python benchmarks/classify.py --model checkpoints/mnist --draws 4        # mean over 4 noisy copies
-    python benchmarks/classify.py --model checkpoints/mnist --shifts 1       # mean over it and 4 one-pixel moves
+    python benchmarks/classify.py --model checkpoints/mnist --shifts 1       # mean over it and its 8 one-pixel moves
     python benchmarks/classify.py --model checkpoints/mnist --draws 4 --write   # store calibration.json
 
 Each held-out image is scored under every class, p(y | x) follows by Bayes' rule with a uniform
@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--draws", type=int, default=0, help="noisy copies per image (0: the clean image)")
     p.add_argument("--shifts", type=int, default=0,
-                   help="also score the image moved by up to this many pixels (|dy|+|dx|) and take the mean")
+                   help="also score the image moved by up to this many pixels each way and take the mean")
     p.add_argument("--limit", type=int, default=0, help="at most this many held-out images, class-balanced")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", action="store_true", help="store calibration.json in the model folder")

@@ -25,10 +25,9 @@ CALIBRATION_FILE = "calibration.json"
 
 
 def shift_offsets(shifts: int) -> list[tuple[int, int]]:
-    """The moves (dy, dx) of at most ``shifts`` pixels in all (|dy| + |dx|), no move first:
-    1 -> the image and its four one-pixel moves."""
-    moves = [(dy, dx) for dy in range(-shifts, shifts + 1) for dx in range(-shifts, shifts + 1)
-             if 0 < abs(dy) + abs(dx) <= shifts]
+    """The moves (dy, dx) of at most ``shifts`` pixels down or up and right or left, no move first:
+    1 -> the image and its eight moves by one pixel (diagonals included)."""
+    moves = [(dy, dx) for dy in range(-shifts, shifts + 1) for dx in range(-shifts, shifts + 1) if dy or dx]
     return [(0, 0), *moves]
 
 

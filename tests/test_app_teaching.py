@@ -90,7 +90,7 @@ def test_the_posterior_is_calibrated_with_the_stored_temperature_and_says_how_of
 
 
 def test_a_calibration_measured_on_moved_copies_is_applied_the_same_way(measured):
-    """calibration.json with shifts=1: the app scores the image as the mean over it and its four
+    """calibration.json with shifts=1: the app scores the image as the mean over it and its eight
     one-pixel moves (what the stated accuracy was measured on) and says so."""
     from tarflow.calibration import shift_offsets, shifted
 
@@ -107,7 +107,7 @@ def test_a_calibration_measured_on_moved_copies_is_applied_the_same_way(measured
     best = int(calibrated.argmax())
     assert f"Most likely: **{TINY_CLASSES[best]}**" in caption
     assert f"Shown: {float(calibrated[best]):.1%}, calibrated" in caption
-    assert "mean log-likelihood of the image and its 4 copies moved by up to 1 pixel" in caption
+    assert "mean log-likelihood of the image and its 8 copies moved by up to 1 pixel" in caption
 
 
 def test_without_a_calibration_the_caption_says_so(tiny):

@@ -110,8 +110,8 @@ def test_shifted_moves_the_image_and_repeats_its_edges():
         rows = torch.arange(5).sub(dy).clamp(0, 4)
         cols = torch.arange(6).sub(dx).clamp(0, 5)
         assert torch.equal(shifted(x, dy, dx), x[:, :, rows][:, :, :, cols]), (dy, dx)
-    assert shift_offsets(1) == [(0, 0), (-1, 0), (0, -1), (0, 1), (1, 0)]
-    assert len(shift_offsets(2)) == 13 and len(set(shift_offsets(2))) == 13
+    assert shift_offsets(1) == [(0, 0), (-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
+    assert len(shift_offsets(2)) == 25 and len(set(shift_offsets(2))) == 25
 
 
 def test_shift_averaged_scores_are_the_mean_over_the_moved_copies():
@@ -123,8 +123,8 @@ def test_shift_averaged_scores_are_the_mean_over_the_moved_copies():
     want = torch.zeros(2, 3, dtype=torch.float64)
     for dy, dx in shift_offsets(1):
         for k in range(3):
-            want[:, k] += log_prob(model, shifted(x, dy, dx), torch.full((2,), k)) / 5
+            want[:, k] += log_prob(model, shifted(x, dy, dx), torch.full((2,), k)) / 9
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
     assert not torch.allclose(got.double(), class_log_likelihoods(model, x).double(), atol=1e-3)
-    assert views_per_image(0, 1) == 5 and views_per_image(4, 1) == 20 and views_per_image(3, 0) == 3
+    assert views_per_image(0, 1) == 9 and views_per_image(4, 1) == 36 and views_per_image(3, 0) == 3
     assert views_per_image() == 1
