@@ -514,6 +514,9 @@ def build_demo() -> gr.Blocks:
                        api_visibility="private", **light)
         demo.load(_run(generate.estimate_note, "estimate"), [model, num, guidance], eta, api_visibility="private",
                   **light)  # shown from the first page load (the step is measured once per model and batch)
+        # after a finished run the estimate says what that run took
+        generating.success(_run(generate.estimate_note, "estimate"), [model, num, guidance], eta,
+                           api_visibility="private", **light)
         # A new model: a run of the old one is stopped and every result of it cleared.
         picked.success(_run(picker.picked, "picked"), model, [working, inv_examples, pair_examples],
                        api_visibility="private", **loads).then(

@@ -144,6 +144,7 @@ def test_generate_streams_and_shows_results(page):
     assert frames >= 3, f"the samples image changed only {frames} times while streaming"
     status = page.locator("#tf-status").inner_text()
     assert "Done" in status and "guidance" in status
+    page.locator("#tf-estimate", has_text="the last such run here took").wait_for()  # the estimate learnt its time
     assert f"({chosen})" in page.locator("#tf-heatmap").locator("xpath=following::*[contains(@class, "
                                                                "'tf-note')][1]").inner_text()
     natural = page.evaluate("() => document.querySelector('#tf-samples img').naturalWidth")

@@ -265,8 +265,9 @@ def estimate_note(model_key: str, num: Any, guidance: Any = 1.0) -> str:
         seconds = estimate.paced_seconds(model, n, guided, frames, FRAME_INTERVAL)
         note = (f"Estimated on this {device}: {estimate.duration(seconds)} for {images} "
                 f"({estimate.step_seconds(model, n, guided) * 1e3:.1f} ms per token step, "
-                f"{model.num_blocks} x {model.num_tokens - 1} steps, shown as {frames} frames "
-                f"at most {1 / FRAME_INTERVAL:.0f} a second)")
+                f"{model.num_blocks} x {model.num_tokens - 1} steps"
+                + (f", shown as {frames} frames at most {1 / FRAME_INTERVAL:.0f} a second)" if FRAME_INTERVAL > 0
+                   else ")"))
     short = estimate.memory_problem(model, n, guided)
     return note + (f" · {short}" if short else "")
 
