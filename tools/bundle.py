@@ -162,7 +162,17 @@ def main() -> None:
                  f"\nObjective: the negative log-likelihood plus {cfg.hybrid:g} x the cross-entropy of Bayes' rule "
                  f"on {cfg.hybrid_batch} clean training images per step, each scored under every class, classes "
                  "weighted by the inverse of their share (`hybrid` in `tarflow/train.py`): it rewards the true "
-                 "class's likelihood against the others', the quantity the likelihood classifier reads.")
+                 "class's likelihood against the others', the quantity the likelihood classifier reads."
+                 + (f" Those images are moved by up to {cfg.hybrid_shift} pixel{'s' if cfg.hybrid_shift > 1 else ''} "
+                    "each way (edges repeated; `hybrid_shift`)." if cfg.hybrid_shift else ""))
+    pixels = "s" if cfg.shift > 1 else ""
+    augment = " ".join(filter(None, [
+        f"Each training image is moved by up to {cfg.shift} pixel{pixels} each way (edges repeated; `shift`)."
+        if cfg.shift else "",
+        "Half the training images are mirrored left-right (`hflip`)"
+        + (f", except those of {', '.join(cfg.no_flip)} (`no_flip`: text, arrows and flags must not be mirrored)."
+           if cfg.no_flip else ".") if cfg.hflip else ""]))
+    objective += f"\nAugmentation: {augment}" if augment else ""
     scored_as = (f", each scored as the mean log-likelihood over the image and its "
                  f"{len(shift_offsets(args.shifts)) - 1} moves by up to {args.shifts} "
                  f"pixel{'s' if args.shifts > 1 else ''} (edges repeated)") if args.shifts else ""
