@@ -26,7 +26,7 @@ CALIBRATION_FILE = "calibration.json"
 
 def shift_offsets(shifts: int) -> list[tuple[int, int]]:
     """The moves (dy, dx) of at most ``shifts`` pixels down or up and right or left, no move first:
-    1 -> the image and its eight moves by one pixel (diagonals included)."""
+    0 -> no move only; 1 -> the image and its eight moves by one pixel (diagonals included)."""
     moves = [(dy, dx) for dy in range(-shifts, shifts + 1) for dx in range(-shifts, shifts + 1) if dy or dx]
     return [(0, 0), *moves]
 
@@ -54,27 +54,26 @@ def noisy_class_log_likelihoods(model: TarFlow, x: torch.Tensor, draws: int = 0,
     copies asks it of a few images near x, so one quirk of x's exact position counts for less: a
     mean of log-likelihoods is the log of their product, Bayes' rule applied to all the copies.
     """
-    offsets = shift_offsets(shifts) if shifts > 0 else [(0, 0)]
-    noisy = draws > 0 and model.noise_std > 0
-    if not noisy and len(offsets) == 1:
+    offsets = shift_offsets(shifts)
+    copies = draws if draws > 0 and model.noise_std > 0 else 0  # noisy copies per moved copy
+    if not copies and len(offsets) == 1:
         return class_log_likelihoods(model, x, batch_size)
     g = torch.Generator(device="cpu").manual_seed(seed)
     total = torch.zeros(x.shape[0], model.num_classes, dtype=torch.float64)
     for dy, dx in offsets:
         view = shifted(x, dy, dx)
-        for _ in range(draws if noisy else 1):
-            if noisy:
+        for _ in range(max(1, copies)):
+            if copies:
                 noise = torch.randn(x.shape, generator=g, dtype=torch.float32).to(x.device, x.dtype)
-                view_in = view + model.noise_std * noise
+                total += class_log_likelihoods(model, view + model.noise_std * noise, batch_size).double().cpu()
             else:
-                view_in = view
-            total += class_log_likelihoods(model, view_in, batch_size).double().cpu()
-    return (total / (len(offsets) * (draws if noisy else 1))).to(torch.float32)
+                total += class_log_likelihoods(model, view, batch_size).double().cpu()
+    return (total / (len(offsets) * max(1, copies))).to(torch.float32)
 
 
 def views_per_image(draws: int = 0, shifts: int = 0) -> int:
     """How many times noisy_class_log_likelihoods scores each image under each class."""
-    return max(1, draws) * len(shift_offsets(shifts) if shifts > 0 else [(0, 0)])
+    return max(1, draws) * len(shift_offsets(shifts))
 
 
 def posterior(log_likelihoods: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -32,7 +32,6 @@ from tarflow.calibration import (  # noqa: E402
     balanced_accuracy,
     calibrate,
     noisy_class_log_likelihoods,
-    shift_offsets,
 )
 from tarflow.data import DATASETS, load, split_name  # noqa: E402
 from tarflow.hub import load_model  # noqa: E402
@@ -124,8 +123,8 @@ def main() -> None:
                      quality.frechet(quality.features(judge, quality.blur3(real)), f_test))}
 
     with torch.no_grad():  # every class of every held-out image: no graph kept (it would hold GBs)
-        single = class_log_likelihoods(model, test_x.float() / 127.5 - 1)
         ll = noisy_class_log_likelihoods(model, test_x.float() / 127.5 - 1, shifts=args.shifts)
+        single = class_log_likelihoods(model, test_x.float() / 127.5 - 1) if args.shifts else ll
     cal = calibrate(ll, test_y, shifts=args.shifts)
     cal.note = f"{len(test_y)} held-out images of {model.dataset}" + scoring_note(model, 0, args.shifts)
     cal.save(out)
@@ -173,9 +172,6 @@ def main() -> None:
         + (f", except those of {', '.join(cfg.no_flip)} (`no_flip`: text, arrows and flags must not be mirrored)."
            if cfg.no_flip else ".") if cfg.hflip else ""]))
     objective += f"\nAugmentation: {augment}" if augment else ""
-    scored_as = (f", each scored as the mean log-likelihood over the image and its "
-                 f"{len(shift_offsets(args.shifts)) - 1} moves by up to {args.shifts} "
-                 f"pixel{'s' if args.shifts > 1 else ''} (edges repeated)") if args.shifts else ""
     single_row = (f"\n| the image alone (no moved copies): accuracy / balanced | {single_view[0]:.1%} / "
                   f"{single_view[1]:.1%} |") if args.shifts else ""
     shift_arg = f" --shifts {args.shifts}" if args.shifts else ""
@@ -250,7 +246,7 @@ The real rows follow the data's class mix, like the held-out images; the samples
 smaller class) the judge is right {balanced_acc:.1%} of the time{judge_bal}.
 
 Classification by likelihood (Bayes' rule, uniform prior, every class scored) on all {cal.images} held-out
-images, clean{scored_as}:
+images{scoring_note(model, 0, args.shifts)}:
 
 | measure | value |
 | --- | --- |

@@ -96,8 +96,7 @@ def _input(model: TarFlow, fitted: Fitted, add_noise: bool) -> tuple[torch.Tenso
 
 def _class_scores(model: TarFlow, x: torch.Tensor, cal: Calibration | None) -> np.ndarray | None:
     """log p(x | y) for every class, in nats, scored as the calibration was (its noise draws and
-    moved copies); None
-    when there are no classes, or too many to score here."""
+    moved copies); None when there are no classes, or too many to score here."""
     if not model.num_classes or model.num_classes > MAX_CLASSIFY:
         return None
     draws, shifts = (cal.noise_draws, cal.shifts) if cal else (0, 0)
