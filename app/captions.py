@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from tarflow.calibration import Calibration, views_per_image
+from tarflow.calibration import Calibration, describe_views
 from tarflow.heldout import HeldOutRange
 from tarflow.likelihood import noise_bits
 from tarflow.model import TarFlow
@@ -120,10 +120,8 @@ def posterior(model: TarFlow, probs: np.ndarray, raw: np.ndarray, cal: Calibrati
                  f"T = {cal.temperature:.3g}, fitted on those images); the raw Bayes posterior would say "
                  f"{raw[best]:.1%}. Expected calibration error {cal.ece_before:.3f} raw, {cal.ece_after:.3f} "
                  "calibrated.")
-    moved = (f" Each class's score is the mean log-likelihood of the image and its "
-             f"{views_per_image(0, cal.shifts) - 1} copies moved by up to {cal.shifts} "
-             f"pixel{'s' if cal.shifts > 1 else ''}, as measured."
-             if cal is not None and cal.shifts else "")
+    views = describe_views(model.noise_std, cal.noise_draws, cal.shifts) if cal is not None else ""
+    moved = f" Each class's score is the mean log-likelihood of {views}, as measured." if views else ""
     return (answer + trust + " p(y | x) ∝ p(x | y): one exact likelihood per class, equal priors"
             f"{' (of the image without the added noise)' if noisy else ''}.{moved}")
 

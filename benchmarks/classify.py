@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from tarflow import data  # noqa: E402
-from tarflow.calibration import calibrate, noisy_class_log_likelihoods, shift_offsets  # noqa: E402
+from tarflow.calibration import calibrate, describe_views, noisy_class_log_likelihoods  # noqa: E402
 from tarflow.hub import load_model  # noqa: E402
 
 
@@ -45,11 +45,8 @@ def held_out(model, dataset: str, data_dir: str, limit: int) -> tuple[torch.Tens
 
 def scoring_note(model, draws: int, shifts: int) -> str:
     """How each image was scored, for the note stored with the calibration."""
-    parts = [f"{draws} noisy copies (sigma {model.noise_std})"] if draws else []
-    if shifts:
-        views = len(shift_offsets(shifts))
-        parts.append(f"the image and its {views - 1} moves by up to {shifts} pixel{'s' if shifts > 1 else ''}")
-    return ", each scored as the mean over " + " x ".join(parts) if parts else ", clean"
+    views = describe_views(model.noise_std, draws, shifts)
+    return f", each scored as the mean over {views}" if views else ", clean"
 
 
 def main() -> None:

@@ -76,6 +76,20 @@ def views_per_image(draws: int = 0, shifts: int = 0) -> int:
     return max(1, draws) * len(shift_offsets(shifts))
 
 
+def describe_views(noise_std: float, draws: int = 0, shifts: int = 0) -> str:
+    """What each class's score is the mean log-likelihood of, in words ("" for the clean image alone),
+    e.g. "4 copies of the image with the training noise (sigma 0.1) added"."""
+    noisy = draws if draws > 0 and noise_std > 0 else 0
+    moves = len(shift_offsets(shifts)) - 1
+    moved = f"{moves} cop{'ies' if moves > 1 else 'y'} moved by up to {shifts} pixel{'s' if shifts > 1 else ''}"
+    if noisy and moves:
+        return (f"{noisy} noisy copies (the training noise, sigma {noise_std:g}, added) of the image and of "
+                f"each of its {moved}")
+    if noisy:
+        return f"{noisy} copies of the image with the training noise (sigma {noise_std:g}) added"
+    return f"the image and its {moved}" if moves else ""
+
+
 def posterior(log_likelihoods: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """p(y | x) under a uniform class prior, with the log-likelihoods divided by ``temperature``."""
     return torch.softmax(log_likelihoods.double() / temperature, dim=1).to(log_likelihoods.dtype)

@@ -10,6 +10,7 @@ from tarflow.calibration import (
     Calibration,
     balanced_accuracy,
     calibrate,
+    describe_views,
     expected_calibration_error,
     fit_temperature,
     margins_bits,
@@ -128,3 +129,13 @@ def test_shift_averaged_scores_are_the_mean_over_the_moved_copies():
     assert not torch.allclose(got.double(), class_log_likelihoods(model, x).double(), atol=1e-3)
     assert views_per_image(0, 1) == 9 and views_per_image(4, 1) == 36 and views_per_image(3, 0) == 3
     assert views_per_image() == 1
+
+
+def test_describe_views_names_what_each_score_averages():
+    assert describe_views(0.1) == ""
+    assert describe_views(0.0, draws=4) == ""  # a noise-free model has no noisy copies to score
+    assert describe_views(0.1, draws=4) == "4 copies of the image with the training noise (sigma 0.1) added"
+    assert describe_views(0.1, shifts=1) == "the image and its 8 copies moved by up to 1 pixel"
+    assert describe_views(0.1, shifts=2).startswith("the image and its 24 copies moved by up to 2 pixels")
+    both = describe_views(0.05, draws=2, shifts=1)
+    assert both.startswith("2 noisy copies") and "sigma 0.05" in both and "8 copies moved" in both
