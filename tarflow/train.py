@@ -75,8 +75,8 @@ class TrainConfig:
     hybrid_shift: int = 0  # that term's images moved by up to this many pixels (0: as they are)
     # logistics
     out: str = "runs/mnist"
-    log_every: int = 25
-    eval_every: int = 500  # held-out bits/dim and a sample grid
+    log_every: int = 25  # 0: only the last step
+    eval_every: int = 500  # held-out bits/dim and a sample grid; 0: only after the last step
     checkpoint_minutes: float = 5.0
     eval_images: int = 1000
     eval_classify: int = 200  # held-out images classified by likelihood at each evaluation (0: none)
@@ -362,7 +362,7 @@ def train(cfg: TrainConfig, minutes: float | None = None, stop_after: float | No
         run.step += 1
         speed.images += images
         bar.update(1)
-        if run.step % cfg.log_every == 0 or run.step == end:
+        if (cfg.log_every and run.step % cfg.log_every == 0) or run.step == end:
             row = {"step": run.step, "loss": loss.item(), "lr": lr_at(cfg, run.step - 1),
                    "images_per_s": round(speed.rate(), 1),
                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
@@ -370,7 +370,7 @@ def train(cfg: TrainConfig, minutes: float | None = None, stop_after: float | No
             log(run, row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
             speed.restart()
-        if run.acc.is_main_process and (run.step % cfg.eval_every == 0 or run.step == end):
+        if run.acc.is_main_process and ((cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == end):
             log(run, {"step": run.step, **{f"eval_{k}": v for k, v in evaluate_and_sample(run).items()}})
             plot_curves(run.out / "metrics.jsonl", run.out / "loss.png")
             speed.restart()

@@ -109,6 +109,13 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path):
     assert not torch.equal(ema_a["blocks.0.proj_out.weight"], a["blocks.0.proj_out.weight"])  # EMA differs
 
 
+def test_zero_log_and_eval_intervals_mean_only_at_the_end(tiny_dataset, tmp_path):
+    train(tiny_config(tiny_dataset, tmp_path / "run", eval_every=0, log_every=0, total_steps=3), quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [3]
+    assert [r["step"] for r in rows if "eval_bpd" in r] == [3]
+
+
 def test_a_run_leaves_metrics_curves_samples_and_a_loadable_model(tiny_dataset, tmp_path, capsys):
     cfg = tiny_config(tiny_dataset, tmp_path / "run", eval_every=4, total_steps=8, guidance=1.5)
     target = train(cfg, quiet=True)

@@ -32,6 +32,7 @@ from tarflow.calibration import (  # noqa: E402
     balanced_accuracy,
     calibrate,
     noisy_class_log_likelihoods,
+    views_per_image,
 )
 from tarflow.data import DATASETS, load, split_name  # noqa: E402
 from tarflow.hub import load_model  # noqa: E402
@@ -81,6 +82,9 @@ def main() -> None:
     p.add_argument("--shifts", type=int, default=0,
                    help="classify by the mean log-likelihood over each image and its moves by up to this many "
                         "pixels (benchmarks/classify.py --shifts); the card also gives the image-alone accuracy")
+    p.add_argument("--draws", type=int, default=0,
+                   help="classify by the mean log-likelihood over this many copies with the training noise added "
+                        "(benchmarks/classify.py --draws); the card also gives the clean-image accuracy")
     p.add_argument("--half", action="store_true",
                    help="store the weights in float16 (half the size; loaded and run in float32)")
     args = p.parse_args()
@@ -122,11 +126,12 @@ def main() -> None:
             "blur": (quality.accuracy(judge, quality.blur3(real), real_y[pick]),
                      quality.frechet(quality.features(judge, quality.blur3(real)), f_test))}
 
+    views = views_per_image(args.draws if model.noise_std > 0 else 0, args.shifts)  # scores per image and class
     with torch.no_grad():  # every class of every held-out image: no graph kept (it would hold GBs)
-        ll = noisy_class_log_likelihoods(model, test_x.float() / 127.5 - 1, shifts=args.shifts)
-        single = class_log_likelihoods(model, test_x.float() / 127.5 - 1) if args.shifts else ll
-    cal = calibrate(ll, test_y, shifts=args.shifts)
-    cal.note = f"{len(test_y)} held-out images of {model.dataset}" + scoring_note(model, 0, args.shifts)
+        ll = noisy_class_log_likelihoods(model, test_x.float() / 127.5 - 1, draws=args.draws, shifts=args.shifts)
+        single = class_log_likelihoods(model, test_x.float() / 127.5 - 1) if views > 1 else ll
+    cal = calibrate(ll, test_y, noise_draws=args.draws, shifts=args.shifts)
+    cal.note = f"{len(test_y)} held-out images of {model.dataset}" + scoring_note(model, args.draws, args.shifts)
     cal.save(out)
     single_view = (accuracy(single, test_y), balanced_accuracy(single, test_y))
 
@@ -172,9 +177,9 @@ def main() -> None:
         + (f", except those of {', '.join(cfg.no_flip)} (`no_flip`: text, arrows and flags must not be mirrored)."
            if cfg.no_flip else ".") if cfg.hflip else ""]))
     objective += f"\nAugmentation: {augment}" if augment else ""
-    single_row = (f"\n| the image alone (no moved copies): accuracy / balanced | {single_view[0]:.1%} / "
-                  f"{single_view[1]:.1%} |") if args.shifts else ""
-    shift_arg = f" --shifts {args.shifts}" if args.shifts else ""
+    single_row = (f"\n| the clean image alone: accuracy / balanced | {single_view[0]:.1%} / "
+                  f"{single_view[1]:.1%} |") if views > 1 else ""
+    shift_arg = (f" --draws {args.draws}" if args.draws else "") + (f" --shifts {args.shifts}" if args.shifts else "")
     raw_row = ("not measured | (bundled with --skip-raw)" if args.skip_raw
                else f"{result[False][0]:.1%} | {result[False][1]:.2f}")
     card = f"""---
@@ -246,7 +251,7 @@ The real rows follow the data's class mix, like the held-out images; the samples
 smaller class) the judge is right {balanced_acc:.1%} of the time{judge_bal}.
 
 Classification by likelihood (Bayes' rule, uniform prior, every class scored) on all {cal.images} held-out
-images{scoring_note(model, 0, args.shifts)}:
+images{scoring_note(model, args.draws, args.shifts)}:
 
 | measure | value |
 | --- | --- |
