@@ -241,6 +241,8 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--guidance", type=float, default=None, help="default: the model's recommended")
     p.add_argument("--temperature", type=float, default=None, help="prior temperature (default: the model's)")
+    p.add_argument("--annealed", action="store_true", help="grow the guidance weight over each block's tokens")
+    p.add_argument("--attn-temp", type=float, default=None, help="attention temperature of the guided pass")
     p.add_argument("--no-denoise", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true", help="retrain the judge")
@@ -267,7 +269,8 @@ def main() -> None:
 
     t = time.time()
     s = SampleSettings(num=n, classes=classes or None, seed=args.seed, guidance=args.guidance,
-                       temperature=args.temperature, denoise=not args.no_denoise, decode=args.decode,
+                       annealed=args.annealed, attn_temp=args.attn_temp, temperature=args.temperature,
+                       denoise=not args.no_denoise, decode=args.decode,
                        jacobi=Jacobi(args.jacobi_tol, sequential_first=args.jacobi_sequential_first))
     out = sample(model, s)
     secs = time.time() - t
@@ -287,7 +290,9 @@ def main() -> None:
         hits = class_accuracy(predict(judge, gen), judged[out.labels], len(names))
         per_class = {name: float(h) for name, h in zip(names, hits) if not np.isnan(h)}
     g_used = s.guidance_for(model)
-    print(f"model {args.model} on {dataset}: {n} samples at guidance {g_used.scale}, "
+    how = (" (annealed)" if g_used.annealed else "") + (
+        f", attention temperature {g_used.attn_temp:g}" if g_used.attn_temp != 1 else "")
+    print(f"model {args.model} on {dataset}: {n} samples at guidance {g_used.scale}{how}, "
           f"prior temperature {s.temperature_for(model):g}, "
           f"denoise {not args.no_denoise}, decode {args.decode}"
           f"{f' (tol {args.jacobi_tol:g})' if args.decode == 'jacobi' else ''}, drawn in {secs:.1f}s; "
