@@ -110,13 +110,18 @@ def test_a_calibration_measured_on_moved_copies_is_applied_the_same_way(measured
     assert "mean log-likelihood of the image and its 8 copies moved by up to 1 pixel" in caption
 
 
+def test_with_noise_added_the_caption_says_the_classes_score_the_clean_image(measured):
+    caption = invert.invert("tiny-cond", str(EXAMPLES / "mnist-3.png"), "auto", "float32", True, progress=noop)[8]
+    assert "(of the image without the added noise)" in caption
+
+
 def test_a_calibration_measured_on_noisy_copies_is_applied_the_same_way(measured):
     """calibration.json with noise_draws=3: the app scores the image as the mean over three copies
     with the training noise added (the draws the stated accuracy was measured on) and says so."""
     cal = Calibration.load(measured)
     cal.noise_draws = 3
     cal.save(measured)
-    caption = invert.invert("tiny-cond", str(EXAMPLES / "mnist-3.png"), "auto", "float32", False, progress=noop)[8]
+    caption = invert.invert("tiny-cond", str(EXAMPLES / "mnist-3.png"), "auto", "float32", True, progress=noop)[8]
     model = models.MODELS.get("tiny-cond")
     assert model.noise_std > 0
     x = to_model(load_fitted(EXAMPLES / "mnist-3.png", 8, 1, "tiny").array, model)
@@ -130,6 +135,7 @@ def test_a_calibration_measured_on_noisy_copies_is_applied_the_same_way(measured
     assert f"Shown: {float(calibrated[best]):.1%}, calibrated" in caption
     assert f"mean log-likelihood of 3 copies of the image with the training noise (sigma {model.noise_std:g})" \
         in caption
+    assert "without the added noise" not in caption  # scored on its own noisy copies, whatever is shown
 
 
 def test_without_a_calibration_the_caption_says_so(tiny):
