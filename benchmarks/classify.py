@@ -57,6 +57,7 @@ def main() -> None:
     p.add_argument("--draws", type=int, default=0, help="noisy copies per image (0: the clean image)")
     p.add_argument("--shifts", type=int, default=0,
                    help="also score the image moved by up to this many pixels each way and take the mean")
+    p.add_argument("--seed", type=int, default=0, help="of the noise draws")
     p.add_argument("--limit", type=int, default=0, help="at most this many held-out images, class-balanced")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", action="store_true", help="store calibration.json in the model folder")
@@ -65,7 +66,7 @@ def main() -> None:
     model = load_model(args.model).eval()
     x, y = held_out(model, args.dataset or model.dataset, args.data_dir, args.limit)
     start = time.perf_counter()
-    ll = noisy_class_log_likelihoods(model, x, draws=args.draws, shifts=args.shifts)
+    ll = noisy_class_log_likelihoods(model, x, draws=args.draws, seed=args.seed, shifts=args.shifts)
     seconds = time.perf_counter() - start
     cal = calibrate(ll, y, noise_draws=args.draws, shifts=args.shifts)
     cal.note = f"{len(y)} held-out images of {args.dataset or model.dataset}" + scoring_note(model, args.draws,
