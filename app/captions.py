@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from tarflow.calibration import Calibration, describe_views
+from tarflow.calibration import Calibration, describe_views, noise_copies
 from tarflow.heldout import HeldOutRange
 from tarflow.likelihood import noise_bits
 from tarflow.model import TarFlow
@@ -122,7 +122,7 @@ def posterior(model: TarFlow, probs: np.ndarray, raw: np.ndarray, cal: Calibrati
                  "calibrated.")
     views = describe_views(model.noise_std, cal.noise_draws, cal.shifts) if cal is not None else ""
     moved = f" Each class's score is the mean log-likelihood of {views}, as measured." if views else ""
-    fresh = cal is not None and cal.noise_draws > 0 and model.noise_std > 0  # its own noisy copies, not the shown one
+    fresh = cal is not None and noise_copies(model.noise_std, cal.noise_draws) > 0  # its own noisy copies
     return (answer + trust + " p(y | x) ∝ p(x | y): one exact likelihood per class, equal priors"
             f"{' (of the image without the added noise)' if noisy and not fresh else ''}.{moved}")
 

@@ -55,7 +55,7 @@ def noisy_class_log_likelihoods(model: TarFlow, x: torch.Tensor, draws: int = 0,
     mean of log-likelihoods is the log of their product, Bayes' rule applied to all the copies.
     """
     offsets = shift_offsets(shifts)
-    copies = draws if draws > 0 and model.noise_std > 0 else 0  # noisy copies per moved copy
+    copies = noise_copies(model.noise_std, draws)  # noisy copies per moved copy
     if not copies and len(offsets) == 1:
         return class_log_likelihoods(model, x, batch_size)
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -71,6 +71,11 @@ def noisy_class_log_likelihoods(model: TarFlow, x: torch.Tensor, draws: int = 0,
     return (total / (len(offsets) * max(1, copies))).to(torch.float32)
 
 
+def noise_copies(noise_std: float, draws: int) -> int:
+    """How many noisy copies ``draws`` asks for are scored: none for a model trained without noise."""
+    return draws if draws > 0 and noise_std > 0 else 0
+
+
 def views_per_image(draws: int = 0, shifts: int = 0) -> int:
     """How many times noisy_class_log_likelihoods scores each image under each class."""
     return max(1, draws) * len(shift_offsets(shifts))
@@ -79,7 +84,7 @@ def views_per_image(draws: int = 0, shifts: int = 0) -> int:
 def describe_views(noise_std: float, draws: int = 0, shifts: int = 0) -> str:
     """What each class's score is the mean log-likelihood of, in words ("" for the clean image alone),
     e.g. "4 copies of the image with the training noise (sigma 0.1) added"."""
-    noisy = draws if draws > 0 and noise_std > 0 else 0
+    noisy = noise_copies(noise_std, draws)
     moves = len(shift_offsets(shifts)) - 1
     moved = f"{moves} cop{'ies' if moves > 1 else 'y'} moved by up to {shifts} pixel{'s' if shifts > 1 else ''}"
     if noisy and moves:

@@ -31,6 +31,7 @@ from tarflow.calibration import (  # noqa: E402
     accuracy,
     balanced_accuracy,
     calibrate,
+    noise_copies,
     noisy_class_log_likelihoods,
     views_per_image,
 )
@@ -126,7 +127,7 @@ def main() -> None:
             "blur": (quality.accuracy(judge, quality.blur3(real), real_y[pick]),
                      quality.frechet(quality.features(judge, quality.blur3(real)), f_test))}
 
-    views = views_per_image(args.draws if model.noise_std > 0 else 0, args.shifts)  # scores per image and class
+    views = views_per_image(noise_copies(model.noise_std, args.draws), args.shifts)  # scores per image and class
     with torch.no_grad():  # every class of every held-out image: no graph kept (it would hold GBs)
         ll = noisy_class_log_likelihoods(model, test_x.float() / 127.5 - 1, draws=args.draws, shifts=args.shifts)
         single = class_log_likelihoods(model, test_x.float() / 127.5 - 1) if views > 1 else ll

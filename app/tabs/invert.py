@@ -14,7 +14,14 @@ from app import captions, checks, limits, render, storage
 from app.checks import AUTO
 from app.inputs import BadImage, Fitted, sketch_to_image, to_model
 from app.models import model_folder, pick_device
-from tarflow.calibration import Calibration, margins_bits, noisy_class_log_likelihoods, posterior, views_per_image
+from tarflow.calibration import (
+    Calibration,
+    margins_bits,
+    noise_copies,
+    noisy_class_log_likelihoods,
+    posterior,
+    views_per_image,
+)
 from tarflow.heldout import HeldOutRange, image_bits_per_dim
 from tarflow.likelihood import nll_map
 from tarflow.model import TarFlow
@@ -48,7 +55,7 @@ def invert(model_key: str, image: str | None, condition: str = AUTO, precision: 
     folder = model_folder(model_key)
     cal = Calibration.load(folder) if folder else None
     scored = model32.num_classes if 0 < model32.num_classes <= MAX_CLASSIFY else 0
-    views = views_per_image(cal.noise_draws, cal.shifts) if cal else 1
+    views = views_per_image(noise_copies(model32.noise_std, cal.noise_draws), cal.shifts) if cal else 1
     job = limits.invert_job(model32, dtype == torch.float64, scored * views,
                             pick_device().type).check()
     scores = _class_scores(model32, to_model(fitted.array, model32), cal)
