@@ -17,6 +17,11 @@ from tarflow import TarFlow
 TINY_CLASSES = ["circle", "square", "star"]
 
 
+def noop(*args, **kwargs) -> None:
+    """A progress callback that ignores its calls."""
+    return None
+
+
 def randomise(model: TarFlow, seed: int, scale: float = 0.07, class_scale: float = 0.2) -> TarFlow:
     """Random weights of about ``scale``; class embeddings of ``class_scale``, which makes guidance
     well-behaved up to w = 5 and overflow by w = 10 (the tests rely on both)."""

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_models import TINY_CLASSES
-from app_server import ROOT, shared_server, start_app
+from app_server import ROOT, start_app
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 EXAMPLES = ROOT / "assets" / "examples"
@@ -27,19 +27,6 @@ NUMBER = r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)"
 GENERATE = dict(model_key="tiny-cond", classes=["star", "circle"], num=6, seed=0, guidance=1.0, kind="class",
                 attn_temp=1.0, annealed=False, guide_what="ab", temperature=1.0, denoise=True, sigma=0.1, slow=False,
                 rows_by_class=True, decode="sequential")
-
-
-@pytest.fixture(scope="module")
-def server():
-    s = shared_server()
-    yield s
-    assert s.alive(), f"the server died:\n{s.log_tail()}"
-
-
-@pytest.fixture(scope="module")
-def client(server, tmp_path_factory):
-    return Client(server.url, verbose=False, analytics_enabled=False,
-                  download_files=str(tmp_path_factory.mktemp("downloads")))
 
 
 def generate_args(**over) -> list:

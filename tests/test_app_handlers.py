@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 import struct
 import zlib
@@ -14,7 +13,7 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from app_models import TINY_CLASSES, make_tiny_models, randomise
+from app_models import TINY_CLASSES, noop, randomise
 from PIL import Image, ImageDraw
 
 from app import checks, inputs, models, picker, render, runs
@@ -26,26 +25,6 @@ from tarflow.sampling import resolve_labels, slerp
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 # Random tiny models' samples stray far outside [-1, 1]; the warning has its own test.
 pytestmark = pytest.mark.filterwarnings("ignore:These samples are measurably off")
-
-
-def noop(*args, **kwargs) -> None:
-    return None
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """Tiny models in TARFLOW_MODELS_DIR for this module; no pacing between streamed frames."""
-    root = tmp_path_factory.mktemp("models")
-    make_tiny_models(root)
-    old_dir, old_interval = os.environ.get("TARFLOW_MODELS_DIR"), generate.FRAME_INTERVAL
-    os.environ["TARFLOW_MODELS_DIR"] = str(root)
-    generate.FRAME_INTERVAL = 0.0
-    yield root
-    generate.FRAME_INTERVAL = old_interval
-    if old_dir is None:
-        os.environ.pop("TARFLOW_MODELS_DIR", None)
-    else:
-        os.environ["TARFLOW_MODELS_DIR"] = old_dir
 
 
 def gen_args(**over):

@@ -9,15 +9,11 @@ import re
 import gradio as gr
 import numpy as np
 import pytest
-from app_models import make_tiny_datasets, make_tiny_models
+from app_models import make_tiny_datasets, make_tiny_models, noop
 from PIL import Image
 
 from app import oodcache
 from app.tabs import likelihood
-
-
-def noop(*args, **kwargs) -> None:
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -7,25 +7,11 @@ import re
 
 import numpy as np
 import pytest
-from app_server import shared_server
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def server():
-    s = shared_server()
-    yield s
-    assert s.alive(), f"the server died:\n{s.log_tail()}"
-
-
-@pytest.fixture(scope="module")
-def client(server, tmp_path_factory):
-    return Client(server.url, verbose=False, analytics_enabled=False,
-                  download_files=str(tmp_path_factory.mktemp("downloads")))
 
 
 @pytest.fixture(scope="module")

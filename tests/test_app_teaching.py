@@ -4,7 +4,6 @@ guidance warnings, the recorded frames (player, animation), comparisons, sending
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from app_models import TINY_CLASSES, make_tiny_models
+from app_models import TINY_CLASSES, noop
 from PIL import Image
 
 from app import models, picker, runs
@@ -26,25 +25,6 @@ from tarflow.sampling import SampleSettings, sample, to_uint8
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "assets" / "examples"
 pytestmark = pytest.mark.filterwarnings("ignore:These samples are measurably off")
-
-
-def noop(*args, **kwargs) -> None:
-    return None
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    make_tiny_models(root)
-    old_dir, old_interval = os.environ.get("TARFLOW_MODELS_DIR"), generate.FRAME_INTERVAL
-    os.environ["TARFLOW_MODELS_DIR"] = str(root)
-    generate.FRAME_INTERVAL = 0.0
-    yield root
-    generate.FRAME_INTERVAL = old_interval
-    if old_dir is None:
-        os.environ.pop("TARFLOW_MODELS_DIR", None)
-    else:
-        os.environ["TARFLOW_MODELS_DIR"] = old_dir
 
 
 @pytest.fixture
