@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from app_models import make_tiny_models
+from app_models import make_tiny_models, noop
 from helpers import make_model
 
 from app import estimate, limits, models
@@ -22,10 +22,6 @@ def tiny(tmp_path, monkeypatch):
     make_tiny_models(tmp_path / "models")
     monkeypatch.setenv("TARFLOW_MODELS_DIR", str(tmp_path / "models"))
     return tmp_path / "models"
-
-
-def noop(*args, **kwargs):
-    return None
 
 
 def test_step_time_is_measured_once_and_scales_to_a_sample():
