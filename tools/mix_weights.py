@@ -1,6 +1,6 @@
 """Mix two models of the same architecture in weight space: (1 - alpha) * A + alpha * B.
 
-    python tools/interpolate.py checkpoints/old checkpoints/new --alpha 0.7 --out runs/mix
+    python tools/mix_weights.py checkpoints/old checkpoints/new --alpha 0.7 --out runs/mix
 
 Meant for a fine-tuned model B and the model A it started from (or an ancestor): the two sit in one
 basin, and a point between them can keep most of what the fine-tune gained while losing less of
@@ -24,7 +24,7 @@ ARCHITECTURE = ("in_channels", "img_size", "patch_size", "channels", "num_blocks
                 "head_dim", "expansion", "num_classes", "nvp")
 
 
-def interpolate(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+def mix(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
     """(1 - alpha) * a + alpha * b for floating tensors, computed in float32; other tensors must match."""
     if a.keys() != b.keys():
         raise ValueError(f"the models have different tensors: {sorted(a.keys() ^ b.keys())[:5]}")
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> Path:
     differ = [k for k in ARCHITECTURE if cfg_a.get(k) != cfg_b.get(k)]
     if differ:
         raise SystemExit(f"the two models differ in {', '.join(differ)}: nothing to interpolate")
-    mixed = interpolate(load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors"), args.alpha)
+    mixed = mix(load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors"), args.alpha)
     out.mkdir(parents=True, exist_ok=True)
     save_file(mixed, out / "model.safetensors")
     shutil.copy(b_dir / "config.json", out / "config.json")
