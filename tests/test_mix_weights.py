@@ -39,6 +39,7 @@ def test_the_ends_reproduce_each_model_exactly(tmp_path, alpha, which):
     with torch.no_grad():
         assert torch.equal(log_prob(load_model(out), x, y), log_prob(models[which], x, y))
 
+
 def test_different_architectures_are_refused(tmp_path):
     _saved(tmp_path, "a", seed=0, channels=32)
     _saved(tmp_path, "b", seed=1, channels=48)

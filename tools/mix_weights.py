@@ -12,16 +12,21 @@ The output folder gets B's config.json and the mixed weights in float32; measure
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-# Keys of config.json that describe the network; the two models must agree on all of them.
-ARCHITECTURE = ("in_channels", "img_size", "patch_size", "channels", "num_blocks", "layers_per_block",
-                "head_dim", "expansion", "num_classes", "nvp")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tarflow.model import Architecture  # noqa: E402
+
+# The keys of config.json that describe the network: the two models must agree on all of them.
+ARCHITECTURE = [f.name for f in dataclasses.fields(Architecture)]
 
 
 def mix(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
