@@ -14,6 +14,7 @@ Everything here is in nats, on the plane's own units.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -123,7 +124,13 @@ def density_grid(model: PointFlow, cells: int, box: float = BOX, chunk: int = 81
     centres, area = grid_centres(cells, box)
     dtype = model.var.dtype
     logp = torch.cat([log_prob(model, centres[i : i + chunk].to(dtype)) for i in range(0, len(centres), chunk)])
-    logp = logp.double().view(cells, cells)
+    logp = logp.double()
+    bad = ~torch.isfinite(logp)
+    if bad.any():  # far from the data a float32 flow can overflow inside (nan): those cells again in float64
+        logp[bad] = log_prob(copy.deepcopy(model).double(), centres[bad].double())
+        # Still not finite: z left even float64's range, so the density there is 0 to any precision.
+        logp = torch.nan_to_num(logp, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+    logp = logp.view(cells, cells)
     return logp.numpy(), float(logp.exp().sum() * area)
 
 

@@ -1,5 +1,6 @@
 """The 2D playground's TarFlow: the image model's sequence flow on points of two one-value tokens."""
 
+import copy
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ from tarflow.points import (
     PointFlow,
     density_grid,
     gaussian_nll,
+    grid_centres,
     latent_grid_lines,
     make_points,
     points_from_ink,
@@ -107,6 +109,27 @@ def test_training_on_two_moons_beats_a_single_gaussian():
     assert end < trainer.gaussian_nll - 0.2 < start, (start, end, trainer.gaussian_nll)
     _, mass = density_grid(trainer.model, cells=160, box=6.0)
     assert abs(mass - 1) < 0.01
+
+
+def test_the_density_stays_finite_where_float32_overflows_far_from_the_data():
+    # The Train tab's playground (two moons, lr 0.005): early on, the flow overflows in float32 at
+    # the grid's far corners (nan); the mass it reports must still be a number, and the same as float64's.
+    trainer = PointTrainer(PointSettings(target="two moons", blocks=4, width=32, lr=0.005, batch=128, seed=0))
+    centres, _ = grid_centres(64, BOX)
+    for _ in range(60):
+        for _ in range(5):
+            trainer.step()
+        with torch.no_grad():
+            if not torch.isfinite(log_prob(trainer.model, centres.float())).all():
+                break
+    else:
+        pytest.fail("no float32 overflow in 300 steps: this test no longer tests the fallback")
+    logp, mass = density_grid(trainer.model, 64)
+    logp64, mass64 = density_grid(copy.deepcopy(trainer.model).double(), 64)
+    assert np.isfinite(mass) and abs(mass - mass64) < 1e-4, (mass, mass64)
+    assert not np.isnan(logp).any()
+    finite = np.isfinite(logp64)
+    np.testing.assert_allclose(logp[finite], logp64[finite], rtol=1e-4, atol=1e-3)
 
 
 def test_a_non_finite_loss_stops_before_any_weight_moves():
