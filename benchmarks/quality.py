@@ -242,6 +242,8 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=None, help="default: the model's recommended")
     p.add_argument("--temperature", type=float, default=None, help="prior temperature (default: the model's)")
     p.add_argument("--annealed", action="store_true", help="grow the guidance weight over each block's tokens")
+    p.add_argument("--guide-what", default="ab", choices=["a", "b", "ab"],
+                   help="guide the log-scale a, the shift b, or both (the default)")
     p.add_argument("--attn-temp", type=float, default=None, help="attention temperature of the guided pass")
     p.add_argument("--no-denoise", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -269,7 +271,7 @@ def main() -> None:
 
     t = time.time()
     s = SampleSettings(num=n, classes=classes or None, seed=args.seed, guidance=args.guidance,
-                       annealed=args.annealed, attn_temp=args.attn_temp, temperature=args.temperature,
+                       annealed=args.annealed, guide_what=args.guide_what, attn_temp=args.attn_temp, temperature=args.temperature,
                        denoise=not args.no_denoise, decode=args.decode,
                        jacobi=Jacobi(args.jacobi_tol, sequential_first=args.jacobi_sequential_first))
     out = sample(model, s)
@@ -290,7 +292,7 @@ def main() -> None:
         hits = class_accuracy(predict(judge, gen), judged[out.labels], len(names))
         per_class = {name: float(h) for name, h in zip(names, hits) if not np.isnan(h)}
     g_used = s.guidance_for(model)
-    how = (" (annealed)" if g_used.annealed else "") + (
+    how = (" (annealed)" if g_used.annealed else "") + (f" on {g_used.what} only" if g_used.what != "ab" else "") + (
         f", attention temperature {g_used.attn_temp:g}" if g_used.attn_temp != 1 else "")
     print(f"model {args.model} on {dataset}: {n} samples at guidance {g_used.scale}{how}, "
           f"prior temperature {s.temperature_for(model):g}, "

@@ -44,6 +44,9 @@ class TrainConfig:
     hflip: bool = False  # mirror half the training images left-right...
     no_flip: tuple[str, ...] = ()  # ...but never these classes (a coarse class covers its fine ones)
     shift: int = 0  # move each training image by up to this many pixels (edges repeated); 0: as they are
+    # Draw images with probability proportional to (their class's image count) ** -class_balance:
+    # 0 keeps plain epochs (big classes seen most), 1 gives every class the same share of each batch.
+    class_balance: float = 0.0
     # model
     patch_size: int = 4
     channels: int = 128
@@ -106,6 +109,8 @@ class TrainConfig:
         cfg = cls(**raw)
         if cfg.noise not in ("gaussian", "uniform"):
             raise ValueError(f"noise must be 'gaussian' or 'uniform', got {cfg.noise!r}")
+        if not 0 <= cfg.class_balance <= 1:
+            raise ValueError(f"class_balance must be between 0 and 1, got {cfg.class_balance}")
         return cfg
 
     @classmethod
@@ -135,8 +140,15 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def batch_indices(cfg: TrainConfig, n: int, step: int, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """This process's share of the global batch of ``step``: epochs are seeded permutations."""
+def batch_indices(cfg: TrainConfig, n: int, step: int, rank: int = 0, world: int = 1,
+                  labels: torch.Tensor | None = None) -> torch.Tensor:
+    """This process's share of the global batch of ``step``: epochs are seeded permutations, or with
+    ``class_balance`` and ``labels``, a seeded draw (with replacement) that favours small classes."""
+    if cfg.class_balance and labels is not None:
+        counts = torch.bincount(labels).double()
+        weights = counts[labels] ** -cfg.class_balance
+        drawn = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=_generator(cfg.seed, step, 3))
+        return drawn[rank::world]
     per_epoch = max(1, n // cfg.batch_size)
     epoch, k = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=_generator(cfg.seed, epoch))
@@ -151,7 +163,7 @@ def make_batch(cfg: TrainConfig, images: torch.Tensor, labels: torch.Tensor, ste
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 images (N, C, H, W) -> the noisy [-1, 1] batch and labels (dropped ones set to -1).
     With hflip, ``flippable`` (a bool per class, see flippable_classes) says whose images may be mirrored."""
-    idx = batch_indices(cfg, len(images), step, rank, world)
+    idx = batch_indices(cfg, len(images), step, rank, world, labels if num_classes else None)
     g = _generator(cfg.seed, step, rank, 7)
     x = random_shift(images[idx].float(), cfg.shift, _generator(cfg.seed, step, rank, 13))
     if cfg.noise == "gaussian":

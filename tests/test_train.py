@@ -66,6 +66,29 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     assert x.min() > -1.6 and x.max() < 1.6
 
 
+def test_class_balance_gives_small_classes_their_share_of_the_batches():
+    labels = torch.tensor([0] * 900 + [1] * 100)
+    for power in (0.5, 1.0):
+        cfg = TrainConfig(batch_size=64, class_balance=power)
+        drawn = torch.cat([batch_indices(cfg, 1000, s, labels=labels) for s in range(300)])
+        # drawing an image with probability ~ count ** -power gives class c the share c ** (1 - power) / sum
+        expected = 100 ** (1 - power) / (900 ** (1 - power) + 100 ** (1 - power))
+        assert (labels[drawn] == 1).float().mean().item() == pytest.approx(expected, abs=0.02)
+        assert torch.equal(batch_indices(cfg, 1000, 7, labels=labels), batch_indices(cfg, 1000, 7, labels=labels))
+        both = torch.cat([batch_indices(cfg, 1000, 7, 0, 2, labels), batch_indices(cfg, 1000, 7, 1, 2, labels)])
+        assert sorted(both.tolist()) == sorted(batch_indices(cfg, 1000, 7, labels=labels).tolist())
+    # off (the default) or without labels: plain epochs, the small class at its natural 10%
+    plain = torch.cat([batch_indices(TrainConfig(batch_size=64), 1000, s, labels=labels) for s in range(15)])
+    assert len(set(plain.tolist())) == len(plain)
+    # make_batch labels each image with its own class
+    images = torch.arange(1000, dtype=torch.uint8).view(1000, 1, 1, 1).repeat(1, 1, 2, 2)
+    cfg = TrainConfig(batch_size=64, class_balance=1.0, drop_label=0.0, noise_std=0.0)
+    _, y = make_batch(cfg, images, labels, 3, num_classes=2)
+    assert torch.equal(y, labels[batch_indices(cfg, 1000, 3, labels=labels)])
+    with pytest.raises(ValueError, match="class_balance"):
+        TrainConfig.from_dict({"class_balance": 2})
+
+
 def test_training_lowers_the_loss_on_a_fixed_batch(tiny_dataset):
     from tarflow.data import load
     from tarflow.train import build_model
