@@ -61,12 +61,14 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=0, help="at most this many held-out images, class-balanced")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", action="store_true", help="store calibration.json in the model folder")
+    p.add_argument("--device", default="cpu", help="where the model scores the images")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model(args.model).eval()
+    model = load_model(args.model, device=args.device).eval()
     x, y = held_out(model, args.dataset or model.dataset, args.data_dir, args.limit)
     start = time.perf_counter()
-    ll = noisy_class_log_likelihoods(model, x, draws=args.draws, seed=args.seed, shifts=args.shifts)
+    ll = noisy_class_log_likelihoods(model, x.to(args.device), draws=args.draws, seed=args.seed,
+                                     shifts=args.shifts).cpu()
     seconds = time.perf_counter() - start
     cal = calibrate(ll, y, noise_draws=args.draws, shifts=args.shifts)
     cal.note = f"{len(y)} held-out images of {args.dataset or model.dataset}" + scoring_note(model, args.draws,

@@ -253,9 +253,10 @@ def main() -> None:
     p.add_argument("--jacobi-tol", type=float, default=1e-3)
     p.add_argument("--jacobi-sequential-first", action="store_true")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
+    p.add_argument("--device", default="cpu", help="where the model samples (the judge runs on the CPU)")
     args = p.parse_args()
 
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device)
     dataset = args.dataset or model.dataset
     judge = load_judge(dataset, args.data_dir, args.retrain, args.judge_epochs)
     data = load(split_name(dataset)[0], args.data_dir)  # real images keep the labels the judge knows

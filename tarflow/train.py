@@ -531,7 +531,11 @@ def evaluate_and_sample(run: Run) -> dict[str, float]:
     if run.cfg.eval_classify and model.num_classes:
         result.update(classification_scores(model, run.test_images[: run.cfg.eval_classify],
                                             run.test_labels[: run.cfg.eval_classify]))
-    sample_grid(model, run.cfg, run.out / "samples" / f"step_{run.step:07d}.png")
+    try:
+        sample_grid(model, run.cfg, run.out / "samples" / f"step_{run.step:07d}.png")
+    except FloatingPointError as e:  # an unstable early model: no grid this time, but the run goes on and saves
+        result["samples"] = "overflowed"
+        run.acc.print(f"step {run.step}: no sample grid ({e})")
     run.net.train()  # the trained model itself, when the run keeps no EMA
     return result
 
@@ -568,6 +572,8 @@ def _fit_steps(run: Run, minutes: float) -> int:
     for s in range(6):
         t = time.time()
         train_step(run, s)
+        if run.acc.device.type == "cuda":  # kernels run asynchronously: wait for the step's own
+            torch.cuda.synchronize(run.acc.device)
         times.append(time.time() - t)
     run.net.load_state_dict(saved_model)
     run.optimizer.load_state_dict(saved_optimizer)

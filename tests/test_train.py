@@ -132,6 +132,22 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path):
     assert not torch.equal(ema_a["blocks.0.proj_out.weight"], a["blocks.0.proj_out.weight"])  # EMA differs
 
 
+def test_a_sample_grid_that_overflows_costs_the_grid_not_the_run(tiny_dataset, tmp_path, monkeypatch):
+    import tarflow.train as train_module
+
+    def overflow(*args, **kwargs):
+        raise FloatingPointError("sampling overflowed (non-finite values)")
+
+    monkeypatch.setattr(train_module, "sample", overflow)
+    cfg = tiny_config(tiny_dataset, tmp_path / "run")
+    model_dir = train(cfg, quiet=True)
+    assert (model_dir / "model.safetensors").is_file() and (tmp_path / "run" / "checkpoint").is_dir()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in rows if "eval_bpd" in r][-1]
+    assert final["step"] == 8 and final["eval_samples"] == "overflowed" and np.isfinite(final["eval_bpd"])
+    assert not (tmp_path / "run" / "samples").exists() or not any((tmp_path / "run" / "samples").iterdir())
+
+
 def test_zero_log_and_eval_intervals_mean_only_at_the_end(tiny_dataset, tmp_path):
     train(tiny_config(tiny_dataset, tmp_path / "run", eval_every=0, log_every=0, total_steps=3), quiet=True)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
