@@ -272,7 +272,8 @@ def main() -> None:
 
     t = time.time()
     s = SampleSettings(num=n, classes=classes or None, seed=args.seed, guidance=args.guidance,
-                       annealed=args.annealed, guide_what=args.guide_what, attn_temp=args.attn_temp, temperature=args.temperature,
+                       annealed=args.annealed, guide_what=args.guide_what, attn_temp=args.attn_temp,
+                       temperature=args.temperature,
                        denoise=not args.no_denoise, decode=args.decode,
                        jacobi=Jacobi(args.jacobi_tol, sequential_first=args.jacobi_sequential_first))
     out = sample(model, s)
