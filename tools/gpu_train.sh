@@ -19,6 +19,7 @@ OUT=${OUT:-runs/gpu-out}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 RUNS=${RUNS:-runs/gpu}
+rm -rf "$RUNS"  # a run folder left by an earlier call would resume (and end at once) instead of training
 mkdir -p "$OUT" "$RUNS"
 STOP=$("$PY" -c "print($MINUTES + 2)")  # a clean stop if the fitted schedule overruns its budget
 
