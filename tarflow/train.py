@@ -524,8 +524,9 @@ def averaged_model(run: Run) -> TarFlow:
     return model.to(run.acc.device)
 
 
-def evaluate_and_sample(run: Run) -> dict[str, float]:
-    """Held-out bits/dim of the averaged model, and its sample grid for this step."""
+def evaluate_and_sample(run: Run) -> dict[str, float | str]:
+    """Held-out bits/dim of the averaged model, and its sample grid for this step ("samples": "overflowed"
+    when the grid could not be drawn)."""
     model = averaged_model(run).eval()
     result = evaluate(model, run.cfg, run.test_images, run.test_labels)
     if run.cfg.eval_classify and model.num_classes:

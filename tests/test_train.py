@@ -77,7 +77,7 @@ def test_class_balance_gives_small_classes_their_share_of_the_batches():
         assert torch.equal(batch_indices(cfg, 1000, 7, labels=labels), batch_indices(cfg, 1000, 7, labels=labels))
         both = torch.cat([batch_indices(cfg, 1000, 7, 0, 2, labels), batch_indices(cfg, 1000, 7, 1, 2, labels)])
         assert sorted(both.tolist()) == sorted(batch_indices(cfg, 1000, 7, labels=labels).tolist())
-    # off (the default) or without labels: plain epochs, the small class at its natural 10%
+    # off (the default): plain epochs, no image twice within one
     plain = torch.cat([batch_indices(TrainConfig(batch_size=64), 1000, s, labels=labels) for s in range(15)])
     assert len(set(plain.tolist())) == len(plain)
     # make_batch labels each image with its own class

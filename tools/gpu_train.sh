@@ -23,20 +23,20 @@ rm -rf "$RUNS"  # a run folder left by an earlier call would resume (and end at 
 mkdir -p "$OUT" "$RUNS"
 STOP=$("$PY" -c "print($MINUTES + 2)")  # a clean stop if the fitted schedule overruns its budget
 
-# name | overrides of configs/emoji2.json (all: mirroring but Symbols and Flags, 7.3 M parameters)
+# name | share of MINUTES | overrides of configs/emoji2.json (all: mirroring but Symbols and Flags, 7.3 M parameters)
 VARIANTS=(
-  "scratch|batch_size=256 lr=1e-3 warmup_steps=300"
-  "scratch-balanced|batch_size=256 lr=1e-3 warmup_steps=300 class_balance=0.5"
-  "scratch-short|batch_size=256 lr=1e-3 warmup_steps=300 short=1"
-  "finetune|init=checkpoints/emoji batch_size=128 lr=3e-4 warmup_steps=100"
+  "scratch|1|batch_size=256 lr=1e-3 warmup_steps=300"
+  "scratch-balanced|1|batch_size=256 lr=1e-3 warmup_steps=300 class_balance=0.5"
+  "scratch-short|0.5|batch_size=256 lr=1e-3 warmup_steps=300"
+  "finetune|1|init=checkpoints/emoji batch_size=128 lr=3e-4 warmup_steps=100"
 )
 
 if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/machine.txt"; fi
 echo "started $(date -u +%FT%TZ), $MINUTES min per variant" > "$RUNS/timeline.txt"
 pids=()
 for v in "${VARIANTS[@]}"; do
-  name=${v%%|*}; sets=${v#*|}; minutes=$MINUTES
-  if [[ $sets == *short=1* ]]; then sets=${sets/ short=1/}; minutes=$("$PY" -c "print($MINUTES / 2)"); fi
+  IFS='|' read -r name share sets <<< "$v"
+  minutes=$("$PY" -c "print($MINUTES * $share)")
   # shellcheck disable=SC2086  # the overrides are words on purpose
   "$PY" -m tarflow train --config configs/emoji2.json --minutes "$minutes" --stop-after "$STOP" --quiet \
     --set threads=3 hflip=true 'no_flip=["Symbols","Flags"]' eval_every=0 eval_images=692 eval_classify=692 \
@@ -48,9 +48,9 @@ echo "trained $(date -u +%FT%TZ)" >> "$RUNS/timeline.txt"
 
 : > "$OUT/summary.txt"
 for v in "${VARIANTS[@]}"; do
-  name=${v%%|*}; model="$RUNS/$name/model"
+  IFS='|' read -r name share sets <<< "$v"; model="$RUNS/$name/model"
   {
-    echo "== $name: ${v#*|}"
+    echo "== $name: $share x $MINUTES min, $sets"
     grep '"eval_' "$RUNS/$name/metrics.jsonl" | tail -n 1
     grep '"loss"' "$RUNS/$name/metrics.jsonl" | tail -n 1
   } >> "$OUT/summary.txt" 2>&1
